@@ -1,0 +1,40 @@
+# sbct-pipeline developer commands. `make run` and `make test` are all a fresh clone needs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test lint fmt dev dev-down bench clean services
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+# Migrates, then runs ingress + worker + callbacks in one process on the local RabbitMQ and
+# PostgreSQL (SBCT_* variables override the defaults; see README).
+run: install
+	$(BIN)/sbct-pipeline run
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+fmt: install
+	$(BIN)/ruff check --fix src tests
+
+# The whole stack in containers (needs Docker with compose).
+dev:
+	docker compose up --build
+
+dev-down:
+	docker compose down -v
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

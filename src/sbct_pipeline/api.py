@@ -1,0 +1,284 @@
+"""API: the admin, app and feed routes of CONTRACT sections 4 to 6.
+
+Admin routes take ``Authorization: Bearer $SBCT_ADMIN_TOKEN``; app and feed routes take the
+app's ``Api-token``. Every handler resolves the caller's app first, and every query is scoped
+by that app, so no token of app A reaches anything of app B.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+from aiohttp import web
+
+from . import storage
+from .auth import new_app_id, new_token
+from .context import AUTH, OUTBOX, POOL, REQUEST_ID
+from .errors import BadRequest, NotFound
+from .httputil import json_response, read_json
+from .templates import TemplateSyntaxError, compile_template
+
+MAX_NAME = 200
+MAX_TEXT = 10_000
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return json_response(data, status)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_body")
+    return body
+
+
+def _str_field(body: dict[str, Any], name: str, *, required: bool = True, default: str = "",
+               max_len: int = MAX_NAME) -> str:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f"{name} is required", code="missing_field")
+        return default
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string", code="invalid_field")
+    if len(value) > max_len:
+        raise BadRequest(f"{name} is longer than {max_len} characters", code="invalid_field")
+    return value
+
+
+async def _app_id(request: web.Request) -> str:
+    return await request.app[AUTH].app_for_token(request.headers.get("Api-token"))
+
+
+def _admin(request: web.Request) -> None:
+    request.app[AUTH].check_admin(request.headers.get("Authorization"))
+
+
+# ---------------------------------------------------------------- admin
+
+async def create_app(request: web.Request) -> web.Response:
+    _admin(request)
+    body = await _body(request)
+    name = _str_field(body, "name").strip()
+    if not name:
+        raise BadRequest("name must not be empty", code="invalid_field")
+    result = await provision_app(request.app[POOL], name)
+    return _json(result, status=201)
+
+
+async def provision_app(pool: asyncpg.Pool, name: str) -> dict[str, str]:
+    """Create an app and its first API token (also used by ``sbct-pipeline app create``)."""
+    app_id = new_app_id()
+    issued, token_hash = new_token()
+    async with storage.guard("create app"), pool.acquire() as conn, conn.transaction():
+        await conn.execute("INSERT INTO apps (app_id, name) VALUES ($1, $2)", app_id, name)
+        await conn.execute(
+            "INSERT INTO api_tokens (token_id, app_id, token_hash) VALUES ($1, $2, $3)",
+            issued.token_id, app_id, token_hash)
+    return {"app_id": app_id, "name": name, "api_token": issued.token,
+            "token_id": issued.token_id}
+
+
+async def get_app(request: web.Request) -> web.Response:
+    _admin(request)
+    row = await storage.get_app(request.app[POOL], request.match_info["app_id"])
+    if row is None:
+        raise NotFound(f"no app {request.match_info['app_id']!r}")
+    return _json({"app_id": row["app_id"], "name": row["name"],
+                  "created_at": row["created_at"].isoformat()})
+
+
+def _validate_endpoint(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BadRequest("api_endpoint must be an http(s) base URL, e.g. "
+                         "https://in1.api.clevertap.com", code="invalid_field")
+    return value.rstrip("/")
+
+
+async def put_integration(request: web.Request) -> web.Response:
+    _admin(request)
+    app_id = request.match_info["app_id"]
+    pool = request.app[POOL]
+    if await storage.get_app(pool, app_id) is None:
+        raise NotFound(f"no app {app_id!r}")
+    body = await _body(request)
+    callback = body.get("event_callback", False)
+    if not isinstance(callback, bool):
+        raise BadRequest("event_callback must be true or false", code="invalid_field")
+    project_id = _str_field(body, "project_id", required=callback)
+    passcode = _str_field(body, "passcode", required=callback)
+    endpoint = _str_field(body, "api_endpoint", required=callback, max_len=500)
+    if endpoint or callback:
+        endpoint = _validate_endpoint(endpoint)
+    if callback and (not project_id or not passcode):
+        raise BadRequest("project_id and passcode are required when event_callback is on",
+                         code="missing_field")
+    integ = await storage.put_integration(pool, app_id, event_callback=callback,
+                                          project_id=project_id, passcode=passcode,
+                                          api_endpoint=endpoint)
+    request.app[OUTBOX].integrations.invalidate(app_id)
+    return _json(integ.public())
+
+
+async def get_integration(request: web.Request) -> web.Response:
+    _admin(request)
+    app_id = request.match_info["app_id"]
+    integ = await storage.get_integration(request.app[POOL], app_id)
+    if integ is None:
+        raise NotFound(f"app {app_id!r} has no CleverTap integration (PUT it first)")
+    return _json(integ.public())
+
+
+# ---------------------------------------------------------------- templates
+
+def _template_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {"key": row["key"], "name": row["name"], "title": row["title"],
+            "body": row["body"], "data": row["data"], "variables": list(row["variables"]),
+            "created_at": row["created_at"].isoformat(),
+            "updated_at": row["updated_at"].isoformat()}
+
+
+def _template_key(request: web.Request) -> str:
+    key = request.match_info["key"]
+    if not key or len(key) > MAX_NAME:
+        raise BadRequest(f"template key must be 1-{MAX_NAME} characters", code="invalid_key")
+    return key
+
+
+async def put_template(request: web.Request) -> web.Response:
+    app_id = await _app_id(request)
+    key = _template_key(request)
+    body = await _body(request)
+    title = _str_field(body, "title", max_len=MAX_TEXT)
+    text = _str_field(body, "body", max_len=MAX_TEXT)
+    name = _str_field(body, "name", required=False, default=key)
+    data = body.get("data")
+    if data is not None and not isinstance(data, dict):
+        raise BadRequest("data must be a JSON object", code="invalid_field")
+    try:
+        compiled = compile_template(key, title, text, data)
+    except TemplateSyntaxError as exc:
+        raise BadRequest(f"template syntax: {exc}", code="template_syntax") from None
+    row, created = await storage.put_template(
+        request.app[POOL], app_id, key, name=name, title=title, body=text, data=data,
+        variables=compiled.variables)
+    return _json(_template_json(row), status=201 if created else 200)
+
+
+async def get_template(request: web.Request) -> web.Response:
+    app_id = await _app_id(request)
+    key = _template_key(request)
+    row = await storage.get_template(request.app[POOL], app_id, key)
+    if row is None:
+        raise NotFound(f"no template {key!r}")
+    return _json(_template_json(row))
+
+
+async def list_templates(request: web.Request) -> web.Response:
+    app_id = await _app_id(request)
+    rows = await storage.list_templates(request.app[POOL], app_id)
+    return _json({"templates": [_template_json(r) for r in rows]})
+
+
+async def delete_template(request: web.Request) -> web.Response:
+    app_id = await _app_id(request)
+    key = _template_key(request)
+    if not await storage.delete_template(request.app[POOL], app_id, key):
+        raise NotFound(f"no template {key!r}")
+    return web.Response(status=204)
+
+
+# ---------------------------------------------------------------- feed
+
+def _int_param(request: web.Request, name: str, default: int | None, lo: int,
+               hi: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {name} must be an integer",
+                         code="invalid_param") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"query parameter {name} must be between {lo} and {hi}",
+                         code="invalid_param")
+    return value
+
+
+async def list_notifications(request: web.Request) -> web.Response:
+    app_id = await _app_id(request)
+    user_id = request.match_info["user_id"]
+    limit = _int_param(request, "limit", 20, 1, 100)
+    before = _int_param(request, "before", None, 1, 2**63 - 1)
+    assert limit is not None
+    rows, unread = await storage.list_feed(request.app[POOL], app_id, user_id, limit=limit,
+                                           before=before)
+    nxt = str(rows[-1]["id"]) if len(rows) == limit else None
+    return _json({"notifications": [storage.notification_json(r) for r in rows],
+                  "next": nxt, "unread_count": unread})
+
+
+async def _mark(request: web.Request, ids: list[int] | None) -> list[asyncpg.Record]:
+    app_id = await _app_id(request)
+    user_id = request.match_info["user_id"]
+    outbox = request.app[OUTBOX]
+    enabled = await outbox.callback_enabled(app_id)
+
+    def make(rows: list[asyncpg.Record]) -> bytes | None:
+        return outbox.payload(app_id, "READ", rows, request[REQUEST_ID]) if enabled else None
+
+    rows, outbox_id, payload = await storage.mark_read(request.app[POOL], app_id, user_id,
+                                                       ids, make)
+    await outbox.publish(outbox_id, payload, request[REQUEST_ID])
+    return rows
+
+
+async def read_notification(request: web.Request) -> web.Response:
+    app_id = await _app_id(request)
+    user_id = request.match_info["user_id"]
+    try:
+        nid = int(request.match_info["id"])
+    except ValueError:
+        raise NotFound("notification ids are integers") from None
+    await _mark(request, [nid])
+    row = await storage.get_notification(request.app[POOL], app_id, user_id, nid)
+    if row is None:
+        raise NotFound(f"user {user_id!r} has no notification {nid}")
+    return _json(storage.notification_json(row))
+
+
+async def read_all(request: web.Request) -> web.Response:
+    rows = await _mark(request, None)
+    return _json({"marked_read": len(rows)})
+
+
+async def campaign_stats(request: web.Request) -> web.Response:
+    app_id = await _app_id(request)
+    try:
+        target_id = int(request.match_info["target_id"])
+    except ValueError:
+        raise BadRequest("target_id must be an integer", code="invalid_param") from None
+    stats = await storage.campaign_stats(request.app[POOL], app_id, target_id)
+    rate = stats["read"] / stats["sent"] if stats["sent"] else 0.0
+    return _json({"target_id": target_id, **stats, "read_rate": round(rate, 4)})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/v1/apps", create_app)
+    r.add_get("/v1/apps/{app_id}", get_app)
+    r.add_put("/v1/apps/{app_id}/integrations/clevertap", put_integration)
+    r.add_get("/v1/apps/{app_id}/integrations/clevertap", get_integration)
+    r.add_get("/v1/templates", list_templates)
+    r.add_put("/v1/templates/{key}", put_template)
+    r.add_get("/v1/templates/{key}", get_template)
+    r.add_delete("/v1/templates/{key}", delete_template)
+    r.add_get("/v1/users/{user_id}/notifications", list_notifications)
+    r.add_post("/v1/users/{user_id}/notifications/read_all", read_all)
+    r.add_post("/v1/users/{user_id}/notifications/{id}/read", read_notification)
+    r.add_get("/v1/campaigns/{target_id}/stats", campaign_stats)

@@ -1,0 +1,236 @@
+"""CLI: the ``sbct-pipeline`` console script and the lifecycle of each process kind.
+
+This is the only module that reads ``os.environ``. Each long-running command starts its
+resources in order, waits for SIGTERM/SIGINT, then stops them in reverse: the ingress stops
+accepting and finishes in-flight requests, consumers stop taking messages and drain for up
+to ``SBCT_DRAIN_TIMEOUT_S``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from . import logs, storage
+from .broker import Broker
+from .errors import PipelineError, Unavailable
+from .settings import Settings, SettingsError
+
+log = logs.get("sbct_pipeline.cli")
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("process.stopping")
+
+
+@contextlib.asynccontextmanager
+async def _site(app: web.Application, host: str, port: int,
+                shutdown_timeout: float) -> AsyncIterator[web.AppRunner]:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, backlog=1024)
+        await site.start()
+        log.info("http.listening", host=host, port=port)
+        yield runner
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def _worker(settings: Settings) -> AsyncIterator[None]:
+    from .delivery import Worker
+
+    pool = await storage.create_pool(settings)
+    broker = Broker(settings)
+    try:
+        await broker.connect(consume=True)
+        worker = Worker(pool, broker, settings)
+        await worker.start()
+        try:
+            yield
+        finally:
+            await worker.stop()
+    finally:
+        await broker.close()
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def _callbacks(settings: Settings) -> AsyncIterator[None]:
+    from .callbacks import Exporter
+
+    pool = await storage.create_pool(settings)
+    broker = Broker(settings)
+    try:
+        await broker.connect(consume=True)
+        exporter = Exporter(pool, broker, settings)
+        await exporter.start()
+        try:
+            yield
+        finally:
+            await exporter.stop()
+    finally:
+        await broker.close()
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def _metrics_site(settings: Settings) -> AsyncIterator[None]:
+    if settings.metrics_port == 0:
+        yield
+        return
+    from .health import create_health_app
+
+    async with _site(create_health_app(settings), settings.http_host, settings.metrics_port,
+                     shutdown_timeout=1):
+        yield
+
+
+async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
+    applied = await storage.migrate(settings)
+    print(orjson.dumps({"applied": applied}).decode())
+
+
+async def cmd_ingress(settings: Settings, args: argparse.Namespace) -> None:
+    from .ingress import create_app
+
+    async with _site(create_app(settings), settings.http_host, settings.http_port,
+                     settings.drain_timeout_s):
+        await _wait_for_signal()
+
+
+async def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
+    async with _worker(settings), _metrics_site(settings):
+        await _wait_for_signal()
+
+
+async def cmd_callbacks(settings: Settings, args: argparse.Namespace) -> None:
+    async with _callbacks(settings), _metrics_site(settings):
+        await _wait_for_signal()
+
+
+async def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
+    from .ingress import create_app
+
+    await storage.migrate(settings)
+    # Stop order (reverse): ingress first, so nothing new arrives while consumers drain.
+    async with _callbacks(settings), _worker(settings), _site(
+            create_app(settings), settings.http_host, settings.http_port,
+            settings.drain_timeout_s):
+        print(f"sbct-pipeline running on http://{settings.http_host}:{settings.http_port}",
+              file=sys.stderr, flush=True)
+        await _wait_for_signal()
+
+
+async def cmd_app_create(settings: Settings, args: argparse.Namespace) -> None:
+    from .api import provision_app
+
+    await storage.migrate(settings)
+    pool = await storage.create_pool(settings)
+    try:
+        result = await provision_app(pool, args.name)
+    finally:
+        await pool.close()
+    print(orjson.dumps({"app_id": result["app_id"], "api_token": result["api_token"]}).decode())
+
+
+async def cmd_sim(settings: Settings, args: argparse.Namespace) -> None:
+    from .sim import Faults, Simulator, create_sim_app
+
+    faults = Faults(fail_429=args.fail_429, fail_500=args.fail_500, slow_ms=args.slow_ms,
+                    slow_rate=args.slow_rate, reject_rate=args.reject_rate,
+                    reject_code=args.reject_code)
+    if args.outage_s:
+        faults.update({"outage_s": args.outage_s})
+    sim = Simulator(args.account_id, args.passcode, faults, seed=args.seed)
+    async with _site(create_sim_app(sim), args.host, args.port, shutdown_timeout=1):
+        print(f"clevertap-sim on http://{args.host}:{args.port} account={args.account_id}",
+              file=sys.stderr, flush=True)
+        await _wait_for_signal()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sbct-pipeline", description=(
+        "CleverTap webhooks -> in-app notification feeds -> SENT/READ events to CleverTap. "
+        "Configured by SBCT_* environment variables (see README)."))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("migrate", help="create the database if missing and apply migrations")
+    sub.add_parser("ingress", help="the HTTP server (webhooks, APIs)")
+    sub.add_parser("worker", help="delivery consumers (single, multi expansion, chunks)")
+    sub.add_parser("callbacks", help="the consumer that exports events to CleverTap")
+    sub.add_parser("run", help="migrate, then ingress + worker + callbacks in one process")
+    app = sub.add_parser("app", help="manage apps")
+    app_sub = app.add_subparsers(dest="app_command", required=True, metavar="ACTION")
+    create = app_sub.add_parser("create", help='print {"app_id", "api_token"} of a new app')
+    create.add_argument("--name", required=True)
+    sim = sub.add_parser("clevertap-sim", help="a local stand-in for CleverTap's upload API")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8090)
+    sim.add_argument("--account-id", default="TEST-ACCOUNT")
+    sim.add_argument("--passcode", default="TEST-PASSCODE")
+    sim.add_argument("--fail-429", type=float, default=0.0, help="share of requests -> 429")
+    sim.add_argument("--fail-500", type=float, default=0.0, help="share of requests -> 500")
+    sim.add_argument("--slow-ms", type=float, default=0.0, help="delay of slow answers")
+    sim.add_argument("--slow-rate", type=float, default=0.0, help="share of slow answers")
+    sim.add_argument("--outage-s", type=float, default=0.0, help="503 for N s from start")
+    sim.add_argument("--reject-rate", type=float, default=0.0,
+                     help="share of records rejected in 'unprocessed'")
+    sim.add_argument("--reject-code", type=int, default=555)
+    sim.add_argument("--seed", type=int, default=None)
+    return p
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, None]]] = {
+    "migrate": cmd_migrate, "ingress": cmd_ingress, "worker": cmd_worker,
+    "callbacks": cmd_callbacks, "run": cmd_run, "app": cmd_app_create,
+    "clevertap-sim": cmd_sim,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as exc:
+        print(f"sbct-pipeline: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    try:
+        asyncio.run(COMMANDS[args.command](settings, args))
+    except Unavailable as exc:
+        print(f"sbct-pipeline: {exc.message}\n{_start_hint(exc)}", file=sys.stderr)
+        return 3
+    except PipelineError as exc:
+        print(f"sbct-pipeline: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _start_hint(exc: Unavailable) -> str:
+    if exc.code == "storage_unavailable":
+        return ("Start PostgreSQL (e.g. `pg_ctlcluster --skip-systemctl-redirect "
+                "$(ls /etc/postgresql) main start`) or set SBCT_DATABASE_URL.")
+    if exc.code == "broker_unavailable":
+        return "Start RabbitMQ (e.g. `rabbitmq-server -detached`) or set SBCT_AMQP_URL."
+    return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""HTTP utilities: the JSON error middleware and request/response helpers every route uses.
+
+HTTP status codes live only here: handlers raise the :mod:`errors` tree and this middleware
+maps it to ``{"error": {"code", "message"}}``; anything unexpected is logged with its
+request ID and answered with a generic 500 that reveals nothing internal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from . import logs, metrics
+from .context import REQUEST_ID, SETTINGS
+from .errors import (
+    BadRequest,
+    PayloadTooLarge,
+    PipelineError,
+    RateLimited,
+    Unavailable,
+    UnsupportedMediaType,
+)
+
+log = logs.get(__name__)
+
+THREAD_PARSE_BYTES = 256 * 1024
+
+
+def error_body(code: str, message: str) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": message}})
+
+
+def json_response(data: Any, status: int = 200,
+                  headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def _error_response(status: int, code: str, message: str,
+                    headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=error_body(code, message), status=status, headers=headers,
+                        content_type="application/json")
+
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request,
+                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    """Map PipelineError (and aiohttp's own HTTP errors) to the JSON error body."""
+    t0 = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource \
+        else "unmatched"
+    request_id = str(uuid.uuid4())
+    logs.bind(clear=True, request_id=request_id)
+    if "X-Request-Id" in request.headers:
+        logs.bind(client_request_id=request.headers["X-Request-Id"][:100])
+    request[REQUEST_ID] = request_id
+    try:
+        resp = await handler(request)
+    except PipelineError as exc:
+        headers = {}
+        if isinstance(exc, RateLimited | Unavailable):
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        if exc.status >= 500:
+            log.warning("http.unavailable", route=route, code=exc.code, error=exc.message)
+        resp = _error_response(exc.status, exc.code, exc.message, headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = exc.reason
+        if exc.status == 413:
+            limit = request.app[SETTINGS].max_body_bytes
+            message = f"the body is larger than the limit of {limit} bytes (SBCT_MAX_BODY_BYTES)"
+        elif exc.status == 405:
+            message = f"{request.method} is not allowed on {request.path}"
+        elif exc.status == 404:
+            message = f"no route for {request.method} {request.path}"
+        resp = _error_response(exc.status, code, message,
+                               {k: v for k, v in exc.headers.items() if k == "Allow"})
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("http.internal_error", route=route)
+        resp = _error_response(500, "internal", "internal error; see the server log for "
+                               f"request_id {request_id}")
+    resp.headers["X-Request-Id"] = request_id
+    metrics.HTTP_REQUESTS.labels(route=route, method=request.method,
+                                 status=str(resp.status)).inc()
+    metrics.HTTP_SECONDS.labels(route=route).observe(time.perf_counter() - t0)
+    return resp
+
+
+# ---------------------------------------------------------------- request helpers
+
+async def read_json(request: web.Request) -> Any:
+    """The body decoded as JSON; 415 for another content type, 400 naming the JSON error."""
+    ctype = request.headers.get("Content-Type", "")
+    if ctype and "json" not in ctype.lower():
+        raise UnsupportedMediaType(f"Content-Type must be application/json, not {ctype!r}")
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is "
+                              f"{limit} (SBCT_MAX_BODY_BYTES)")
+    body = await request.read()
+    if not body:
+        raise BadRequest("the body is empty; a JSON object is required", code="invalid_json")
+    try:
+        if len(body) > THREAD_PARSE_BYTES:
+            return await asyncio.to_thread(orjson.loads, body)
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from None

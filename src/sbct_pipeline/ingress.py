@@ -1,0 +1,234 @@
+"""Ingress: the aiohttp application, its error middleware, and the CleverTap webhooks.
+
+A webhook is authenticated, parsed, checked (templates exist, rate limit, queue depth),
+published to RabbitMQ as one job message, and answered ``200`` only after the broker's
+publisher confirm (CONTRACT section 3). Nothing else happens on the request path: expansion
+and delivery are the workers'. Large bodies are decoded in a thread so one 10,000-profile
+campaign cannot hold the event loop away from Journey webhooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+from aiolimiter import AsyncLimiter
+
+from . import api, logs, metrics, storage
+from .auth import Authenticator
+from .broker import Broker
+from .codec import Job, Webhook, parse_webhook
+from .context import AUTH, BROKER, OUTBOX, POOL, REQUEST_ID, SETTINGS
+from .errors import BadRequest, BrokerUnavailable, RateLimited, Unavailable
+from .httputil import THREAD_PARSE_BYTES, error_middleware, json_response, read_json
+from .outbox import Outbox
+from .settings import Settings
+from .tasks import Periodic
+
+log = logs.get(__name__)
+
+TEMPLATE_CACHE_TTL_S = 5.0
+DEPTH_REFRESH_S = 1.0
+
+
+class WebhookGuards:
+    """Per-process checks of the webhook path: rate limits, template existence, depth."""
+
+    def __init__(self, settings: Settings, pool: Any, broker: Broker) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.broker = broker
+        self._limiters: dict[str, AsyncLimiter] = {}
+        self._templates: dict[tuple[str, str], float] = {}
+        self.depth: dict[str, int] = {}
+        self.depth_ok = True
+
+    async def rate_limit(self, app_id: str) -> None:
+        rate = self.settings.single_rate_limit
+        if rate <= 0:
+            return
+        limiter = self._limiters.get(app_id)
+        if limiter is None:
+            limiter = self._limiters[app_id] = AsyncLimiter(rate, 1.0)
+        if not limiter.has_capacity():
+            raise RateLimited(f"over {rate:g} single webhooks per second for this app "
+                              "(SBCT_SINGLE_RATE_LIMIT)", retry_after=1)
+        await limiter.acquire()
+
+    async def templates_exist(self, app_id: str, keys: set[str]) -> None:
+        now = time.monotonic()
+        unknown = [k for k in keys if self._templates.get((app_id, k), 0) < now]
+        if not unknown:
+            return
+        found = await storage.existing_template_keys(self.pool, app_id, unknown)
+        for k in found:
+            self._templates[(app_id, k)] = now + TEMPLATE_CACHE_TTL_S
+        missing = sorted(set(unknown) - found)
+        if missing:
+            raise BadRequest(f"key_values.template_key names no template of this app: "
+                             f"{', '.join(repr(m) for m in missing[:5])}",
+                             code="unknown_template")
+
+    def check_depth(self, kinds: tuple[str, ...]) -> None:
+        if not self.depth_ok:
+            raise BrokerUnavailable("RabbitMQ is not answering", retry_after=2)
+        limit = self.settings.max_queue_depth
+        for kind in kinds:
+            if self.depth.get(kind, 0) > limit:
+                raise Unavailable(f"queue {kind} holds over {limit} messages "
+                                  "(SBCT_MAX_QUEUE_DEPTH); retry later",
+                                  retry_after=5, code="queue_full")
+
+    async def refresh_depth(self) -> None:
+        try:
+            for kind in ("single", "multi", "chunks"):
+                self.depth[kind] = await self.broker.queue_depth(kind)
+                metrics.QUEUE_DEPTH.labels(queue=kind).set(self.depth[kind])
+            self.depth_ok = True
+        except BrokerUnavailable as exc:
+            if self.depth_ok:
+                log.warning("ingress.depth_unavailable", error=str(exc))
+            self.depth_ok = False
+
+
+GUARDS = web.AppKey("guards", WebhookGuards)
+
+
+async def _webhook(request: web.Request, kind: str) -> web.Response:
+    app = request.app
+    app_id = await app[AUTH].app_for_token(request.headers.get("Api-token"))
+    logs.bind(app_id=app_id)
+    guards = app[GUARDS]
+    if kind == "single":
+        await guards.rate_limit(app_id)
+    body = await read_json(request)
+    hook: Webhook
+    if (request.content_length or 0) > THREAD_PARSE_BYTES:
+        hook = await asyncio.to_thread(parse_webhook, body)
+    else:
+        hook = parse_webhook(body)
+    request_id: str = request[REQUEST_ID]
+    if hook.is_test:
+        log.info("webhook.test_request", endpoint=kind)
+        return json_response({"request_id": request_id, "accepted": 0, "rejected": 0,
+                              "test": True})
+    if hook.recipients:
+        await guards.templates_exist(app_id, hook.template_keys)
+    guards.check_depth((kind,) if kind == "single" else ("multi", "chunks"))
+
+    idem_key = request.headers.get("Idempotency-Key")
+    pool = app[POOL]
+    if idem_key:
+        if len(idem_key) > 200:
+            raise BadRequest("Idempotency-Key is longer than 200 characters",
+                             code="invalid_idempotency_key")
+        claimed, previous = await storage.claim_idempotency_key(
+            pool, app_id, idem_key, app[SETTINGS].dedupe_window_s)
+        if not claimed:
+            if previous is None:
+                raise Unavailable("a request with this Idempotency-Key is still in progress",
+                                  retry_after=1, code="idempotency_in_progress")
+            return json_response(previous, headers={"Idempotent-Replayed": "true"})
+    # The request_id doubles as the delivery key of every user in this request: a broker
+    # redelivery of this job can never make a second feed row.
+    job_id = request_id
+    result = {"request_id": job_id, "accepted": len(hook.recipients),
+              "rejected": len(hook.rejected)}
+    if hook.rejected:
+        result["rejections"] = hook.rejected[:20]
+    if hook.recipients:
+        job = Job(request_id=job_id, app_id=app_id, target_id=hook.target_id,
+                  recipients=hook.recipients, received_at=time.time())
+        payload = job.encode() if len(hook.recipients) < 1000 else \
+            await asyncio.to_thread(job.encode)
+        try:
+            await app[BROKER].publish(kind, payload, message_id=job_id,
+                                      headers={"request_id": job_id, "app_id": app_id})
+        except BrokerUnavailable:
+            if idem_key:
+                await storage.finish_idempotency_key(pool, app_id, idem_key, None)
+            raise
+    if idem_key:
+        await storage.finish_idempotency_key(pool, app_id, idem_key, result)
+    metrics.WEBHOOK_RECIPIENTS.labels(endpoint=kind, outcome="accepted").inc(
+        len(hook.recipients))
+    metrics.WEBHOOK_RECIPIENTS.labels(endpoint=kind, outcome="rejected").inc(len(hook.rejected))
+    log.info("webhook.accepted", endpoint=kind, target_id=hook.target_id,
+             accepted=len(hook.recipients), rejected=len(hook.rejected))
+    return json_response(result)
+
+
+async def single(request: web.Request) -> web.Response:
+    return await _webhook(request, "single")
+
+
+async def multi(request: web.Request) -> web.Response:
+    return await _webhook(request, "multi")
+
+
+# ---------------------------------------------------------------- health
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    problems = {}
+    try:
+        async with asyncio.timeout(2):
+            await request.app[POOL].fetchval("SELECT 1")
+    except Exception as exc:
+        problems["database"] = repr(exc)
+    if not request.app[GUARDS].depth_ok:
+        problems["broker"] = "RabbitMQ is not answering"
+    if problems:
+        return json_response({"status": "unavailable", "problems": problems}, status=503)
+    return json_response({"status": "ok"})
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return web.Response(body=generate_latest(metrics.REGISTRY),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# ---------------------------------------------------------------- app factory
+
+def create_app(settings: Settings) -> web.Application:
+    """The ingress application; resources open in cleanup contexts, in dependency order."""
+    app = web.Application(middlewares=[error_middleware],
+                          client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        pool = await storage.create_pool(settings)
+        broker = Broker(settings)
+        try:
+            await broker.connect()
+        except BaseException:
+            await pool.close()
+            raise
+        app[POOL] = pool
+        app[BROKER] = broker
+        app[AUTH] = Authenticator(pool, settings.admin_token)
+        app[OUTBOX] = Outbox(pool, broker, settings)
+        app[GUARDS] = guards = WebhookGuards(settings, pool, broker)
+        await guards.refresh_depth()
+        refresher = Periodic("queue-depth", guards.refresh_depth, DEPTH_REFRESH_S).start()
+        yield
+        await refresher.stop()
+        await broker.close()
+        await pool.close()
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_post("/clevertap/notifications/single", single)
+    app.router.add_post("/clevertap/notifications/multi", multi)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    api.add_routes(app)
+    return app

@@ -1,0 +1,129 @@
+"""The callback consumer against the CleverTap simulator: batching, partial answers, parking."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import asyncpg
+import orjson
+
+from sbct_pipeline.broker import Broker
+from sbct_pipeline.callbacks import interpret
+from sbct_pipeline.codec import Event, encode_events
+from sbct_pipeline.sim import Simulator
+
+from .conftest import Api, eventually
+
+
+def _rec(i: int) -> dict[str, Any]:
+    return Event("a", i, "SENT", "E", 7, int(time.time()), f"o{i}", None).record()
+
+
+def test_interpret_success_reads_unprocessed_even_when_status_says_success() -> None:
+    """HTTP 200 + status success with failed records: permanent -> dead, others -> retry."""
+    recs = [_rec(i) for i in range(4)]
+    body = {"status": "success", "processed": 1, "unprocessed": [
+        {"status": "fail", "code": 526, "error": "Invalid objectId",
+         "record": orjson.dumps(recs[1]).decode()},
+        {"status": "fail", "code": 555, "error": "Misc", "record": recs[2]},
+        {"status": "fail", "code": 509, "error": "x", "record": orjson.dumps(recs[3]).decode()},
+    ]}
+    out = interpret(200, body, recs, None)
+    assert out.accepted == [0]
+    assert [i for i, _ in out.dead] == [1, 3] and "526" in out.dead[0][1]
+    assert out.retry == [2]
+
+
+def test_interpret_http_failures() -> None:
+    """429 retries after Retry-After, 5xx and network errors retry, 401 parks, 400 dead."""
+    recs = [_rec(0), _rec(1)]
+    assert interpret(429, None, recs, 3.0).retry_delay == 3.0
+    assert interpret(503, None, recs, None).retry == [0, 1]
+    assert interpret(0, "ConnectionError", recs, None).retry == [0, 1]
+    assert interpret(401, {"status": "fail"}, recs, None).park_reason is not None
+    assert [i for i, _ in interpret(400, {"error": "bad"}, recs, None).dead] == [0, 1]
+
+
+async def _publish_events(broker: Broker, app_id: str, n: int, per_message: int) -> None:
+    now = int(time.time())
+    for start in range(0, n, per_message):
+        evs = [Event(app_id, i, "SENT", "Camp", 42, now, f"obj-{i}", None)
+               for i in range(start, min(n, start + per_message))]
+        await broker.publish("events", encode_events(evs))
+
+
+async def test_events_are_batched_to_clevertap(
+        ingress: Api, exporter: Any, broker: Broker, sim: Simulator) -> None:
+    """2,500 events in 5 messages reach the simulator in batches of at most 1,000, once each."""
+    app = await ingress.new_app(sim)
+    await _publish_events(broker, app["app_id"], 2500, 500)
+    await eventually(lambda: _accepted(sim, 2500))
+    assert sim.stats()["duplicates"] == 0
+    assert sim.answers[200] <= 5
+    assert sim.events[0]["evtData"] == {"status": "SENT", "target_id": 42}
+    assert sim.events[0]["type"] == "event" and sim.events[0]["evtName"] == "Camp"
+
+
+async def _accepted(sim: Simulator, n: int) -> bool:
+    return len(sim.keys) >= n
+
+
+async def test_transient_failures_are_retried_until_accepted(
+        ingress: Api, exporter: Any, broker: Broker, sim: Simulator) -> None:
+    """With 50% of requests failing (429/500), every event still arrives."""
+    app = await ingress.new_app(sim)
+    sim.faults.update({"fail_429": 0.25, "fail_500": 0.25})
+    await _publish_events(broker, app["app_id"], 300, 20)
+    await eventually(lambda: _accepted(sim, 300), timeout=60)
+    assert sim.answers[429] + sim.answers[500] > 0
+
+
+async def test_permanent_record_errors_are_dead_lettered(
+        ingress: Api, exporter: Any, broker: Broker, sim: Simulator) -> None:
+    """Records CleverTap refuses for good go to the dead-letter queue with the reason."""
+    app = await ingress.new_app(sim)
+    sim.faults.update({"reject_rate": 1.0, "reject_code": 526})
+    await _publish_events(broker, app["app_id"], 3, 3)
+    ch = await broker.consume_connection.channel()
+    q = await ch.get_queue(broker.names.dead("events"), ensure=False)
+    msg = await eventually(lambda: q.get(fail=False, timeout=5))
+    assert "526" in msg.headers["x-reason"]
+    assert len(orjson.loads(msg.body)) == 3
+    await msg.ack()
+    await ch.close()
+
+
+async def test_bad_credentials_park_events_until_settings_change(
+        ingress: Api, exporter: Any, broker: Broker, sim: Simulator, pool: asyncpg.Pool) -> None:
+    """A 401 parks the app's events; a new integration setting releases them on their own."""
+    app = await ingress.new_app(sim)
+    path = f"/v1/apps/{app['app_id']}/integrations/clevertap"
+    good = {"event_callback": True, "project_id": sim.account_id, "passcode": sim.passcode,
+            "api_endpoint": sim.url}  # type: ignore[attr-defined]
+    status, _ = await ingress.call("PUT", path, admin=True, json={**good, "passcode": "wrong"})
+    assert status == 200
+    exporter.integrations.invalidate(app["app_id"])
+    await _publish_events(broker, app["app_id"], 10, 5)
+    await eventually(lambda: pool.fetchval("SELECT count(*) = 2 FROM parked_events"))
+    assert sim.events == []
+    status, _ = await ingress.call("PUT", path, admin=True, json=good)
+    assert status == 200
+    exporter.integrations.invalidate(app["app_id"])
+    await eventually(lambda: _accepted(sim, 10), timeout=30)
+    assert await pool.fetchval("SELECT count(*) FROM parked_events") == 0
+
+
+async def test_callback_off_sends_nothing(
+        ingress: Api, exporter: Any, broker: Broker, sim: Simulator) -> None:
+    """With the event callback off, an app's events are consumed and none reach CleverTap."""
+    off = await ingress.new_app(sim, callback=False)
+    on = await ingress.new_app(sim)
+    await _publish_events(broker, off["app_id"], 5, 5)
+    # Published after: once these arrived, the first message was consumed too (one consumer).
+    now = int(time.time())
+    await broker.publish("events", encode_events(
+        [Event(on["app_id"], 99, "SENT", "On", 1, now, "obj-on", None)]))
+    await eventually(lambda: _accepted(sim, 1))
+    assert [e["evtName"] for e in sim.events] == ["On"]
+    assert await broker.queue_depth("events") == 0
