@@ -1,12 +1,15 @@
 """API: the admin, app and feed routes of CONTRACT sections 4 to 6.
 
-Admin routes take ``Authorization: Bearer $SBCT_ADMIN_TOKEN``; app and feed routes take the
-app's ``Api-token``. Every handler resolves the caller's app first, and every query is scoped
-by that app, so no token of app A reaches anything of app B.
+Admin routes take ``Authorization: Bearer $SBCT_ADMIN_TOKEN``; app routes take the app's
+``Api-token``; feed routes take the ``Api-token`` or a user's session token
+(``Authorization: Bearer sbcs_...``, that user's feed only). Every handler resolves the caller's
+app first, and every query is scoped by that app, so no token of app A reaches anything of
+app B (``tests/test_api.py`` walks every route to prove it).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -14,10 +17,11 @@ import asyncpg
 from aiohttp import web
 
 from . import storage
-from .auth import new_app_id, new_token
-from .context import AUTH, OUTBOX, POOL, REQUEST_ID
+from .auth import new_app_id, new_session_token, new_token
+from .context import AUTH, OUTBOX, POOL, REQUEST_ID, SETTINGS
 from .errors import BadRequest, NotFound
 from .httputil import json_response, read_json
+from .stream import HUB, sse_event
 from .templates import TemplateSyntaxError, compile_template
 
 MAX_NAME = 200
@@ -57,6 +61,21 @@ def _admin(request: web.Request) -> None:
     request.app[AUTH].check_admin(request.headers.get("Authorization"))
 
 
+def _user_id(request: web.Request) -> str:
+    user_id = request.match_info["user_id"]
+    if not user_id or len(user_id) > MAX_NAME:
+        raise BadRequest(f"user_id must be 1-{MAX_NAME} characters", code="invalid_user_id")
+    return user_id
+
+
+async def _feed_app(request: web.Request) -> tuple[str, str]:
+    """(app_id, user_id) of a feed request: the app's token, or that user's session token."""
+    user_id = _user_id(request)
+    app_id = await request.app[AUTH].feed_app(request.headers.get("Api-token"),
+                                              request.headers.get("Authorization"), user_id)
+    return app_id, user_id
+
+
 # ---------------------------------------------------------------- admin
 
 async def create_app(request: web.Request) -> web.Response:
@@ -91,6 +110,45 @@ async def get_app(request: web.Request) -> web.Response:
                   "created_at": row["created_at"].isoformat()})
 
 
+async def _existing_app(request: web.Request) -> str:
+    app_id = request.match_info["app_id"]
+    if await storage.get_app(request.app[POOL], app_id) is None:
+        raise NotFound(f"no app {app_id!r}")
+    return app_id
+
+
+async def list_api_tokens(request: web.Request) -> web.Response:
+    _admin(request)
+    app_id = await _existing_app(request)
+    rows = await storage.list_tokens(request.app[POOL], app_id)
+    return _json({"api_tokens": [{"token_id": r["token_id"],
+                                  "created_at": r["created_at"].isoformat()} for r in rows]})
+
+
+async def create_api_token(request: web.Request) -> web.Response:
+    """Issue another token; the app's other tokens keep working until deleted (rotation)."""
+    _admin(request)
+    app_id = request.match_info["app_id"]
+    issued, token_hash = new_token()
+    row = await storage.create_token(request.app[POOL], issued.token_id, app_id, token_hash)
+    if row is None:
+        raise NotFound(f"no app {app_id!r}")
+    return _json({"app_id": app_id, "token_id": issued.token_id, "api_token": issued.token,
+                  "created_at": row["created_at"].isoformat()}, status=201)
+
+
+async def delete_api_token(request: web.Request) -> web.Response:
+    _admin(request)
+    app_id = request.match_info["app_id"]
+    token_id = request.match_info["token_id"]
+    if not await storage.delete_token(request.app[POOL], app_id, token_id):
+        raise NotFound(f"app {app_id!r} has no API token {token_id!r}")
+    # At once on this process; other ingress processes drop it when their cache entry
+    # expires (auth.CACHE_TTL_S).
+    request.app[AUTH].forget(token_id)
+    return web.Response(status=204)
+
+
 def _validate_endpoint(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -101,10 +159,8 @@ def _validate_endpoint(value: str) -> str:
 
 async def put_integration(request: web.Request) -> web.Response:
     _admin(request)
-    app_id = request.match_info["app_id"]
+    app_id = await _existing_app(request)
     pool = request.app[POOL]
-    if await storage.get_app(pool, app_id) is None:
-        raise NotFound(f"no app {app_id!r}")
     body = await _body(request)
     callback = body.get("event_callback", False)
     if not isinstance(callback, bool):
@@ -211,8 +267,7 @@ def _int_param(request: web.Request, name: str, default: int | None, lo: int,
 
 
 async def list_notifications(request: web.Request) -> web.Response:
-    app_id = await _app_id(request)
-    user_id = request.match_info["user_id"]
+    app_id, user_id = await _feed_app(request)
     limit = _int_param(request, "limit", 20, 1, 100)
     before = _int_param(request, "before", None, 1, 2**63 - 1)
     assert limit is not None
@@ -223,9 +278,8 @@ async def list_notifications(request: web.Request) -> web.Response:
                   "next": nxt, "unread_count": unread})
 
 
-async def _mark(request: web.Request, ids: list[int] | None) -> list[asyncpg.Record]:
-    app_id = await _app_id(request)
-    user_id = request.match_info["user_id"]
+async def _mark(request: web.Request, app_id: str, user_id: str,
+                ids: list[int] | None) -> list[asyncpg.Record]:
     outbox = request.app[OUTBOX]
     enabled = await outbox.callback_enabled(app_id)
 
@@ -239,13 +293,14 @@ async def _mark(request: web.Request, ids: list[int] | None) -> list[asyncpg.Rec
 
 
 async def read_notification(request: web.Request) -> web.Response:
-    app_id = await _app_id(request)
-    user_id = request.match_info["user_id"]
+    app_id, user_id = await _feed_app(request)
     try:
         nid = int(request.match_info["id"])
     except ValueError:
         raise NotFound("notification ids are integers") from None
-    await _mark(request, [nid])
+    if not 1 <= nid < 2**63:
+        raise NotFound(f"user {user_id!r} has no notification {nid}")
+    await _mark(request, app_id, user_id, [nid])
     row = await storage.get_notification(request.app[POOL], app_id, user_id, nid)
     if row is None:
         raise NotFound(f"user {user_id!r} has no notification {nid}")
@@ -253,8 +308,60 @@ async def read_notification(request: web.Request) -> web.Response:
 
 
 async def read_all(request: web.Request) -> web.Response:
-    rows = await _mark(request, None)
+    app_id, user_id = await _feed_app(request)
+    rows = await _mark(request, app_id, user_id, None)
     return _json({"marked_read": len(rows)})
+
+
+async def stream_notifications(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: one ``notification`` event per new notification (see stream.py).
+
+    Browsers' EventSource cannot set headers, so the session token may also come as the
+    ``access_token`` query parameter (this route only).
+    """
+    user_id = _user_id(request)
+    authorization = request.headers.get("Authorization")
+    if not authorization and request.query.get("access_token"):
+        authorization = "Bearer " + request.query["access_token"]
+    app_id = await request.app[AUTH].feed_app(request.headers.get("Api-token"), authorization,
+                                              user_id)
+    hub = request.app[HUB]
+    heartbeat = request.app[SETTINGS].stream_heartbeat_s
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    with hub.subscribe(app_id, user_id) as sub:
+        await resp.prepare(request)
+        try:
+            # A comment at once: proxies and clients see the stream is open.
+            await resp.write(b": connected\n\n")
+            while True:
+                try:
+                    async with asyncio.timeout(heartbeat):
+                        item = await sub.queue.get()
+                except TimeoutError:
+                    await resp.write(b": keepalive\n\n")
+                    continue
+                if item is None:
+                    if sub.overflowed:
+                        await resp.write(b": too slow; reconnect and list the feed\n\n")
+                    break
+                await resp.write(sse_event(item))
+        except (ConnectionResetError, ConnectionError):
+            pass  # the client went away; leaving the block unsubscribes it
+    return resp
+
+
+async def create_session_token(request: web.Request) -> web.Response:
+    """A token a client app uses to read and mark this one user's feed, until it expires."""
+    app_id = await _app_id(request)
+    user_id = _user_id(request)
+    issued, token_hash = new_session_token()
+    ttl = request.app[SETTINGS].session_token_ttl_s
+    expires = await storage.add_session_token(request.app[POOL], issued.token_id, app_id,
+                                              user_id, token_hash, ttl)
+    return _json({"token": issued.token, "user_id": user_id,
+                  "expires_at": expires.isoformat(), "expires_in": ttl}, status=201)
 
 
 async def campaign_stats(request: web.Request) -> web.Response:
@@ -272,6 +379,9 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post("/v1/apps", create_app)
     r.add_get("/v1/apps/{app_id}", get_app)
+    r.add_get("/v1/apps/{app_id}/api_tokens", list_api_tokens)
+    r.add_post("/v1/apps/{app_id}/api_tokens", create_api_token)
+    r.add_delete("/v1/apps/{app_id}/api_tokens/{token_id}", delete_api_token)
     r.add_put("/v1/apps/{app_id}/integrations/clevertap", put_integration)
     r.add_get("/v1/apps/{app_id}/integrations/clevertap", get_integration)
     r.add_get("/v1/templates", list_templates)
@@ -281,4 +391,6 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/users/{user_id}/notifications", list_notifications)
     r.add_post("/v1/users/{user_id}/notifications/read_all", read_all)
     r.add_post("/v1/users/{user_id}/notifications/{id}/read", read_notification)
+    r.add_get("/v1/users/{user_id}/notifications/stream", stream_notifications)
+    r.add_post("/v1/users/{user_id}/session_tokens", create_session_token)
     r.add_get("/v1/campaigns/{target_id}/stats", campaign_stats)

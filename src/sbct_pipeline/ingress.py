@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from aiolimiter import AsyncLimiter
 
-from . import api, logs, metrics, storage
+from . import api, logs, metrics, storage, stream
 from .auth import Authenticator
 from .broker import Broker
 from .codec import Job, Webhook, parse_webhook
@@ -225,6 +225,8 @@ def create_app(settings: Settings) -> web.Application:
         await pool.close()
 
     app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(stream.hub_ctx)
+    app.on_shutdown.append(stream.on_shutdown)
     app.router.add_post("/clevertap/notifications/single", single)
     app.router.add_post("/clevertap/notifications/multi", multi)
     app.router.add_get("/healthz", healthz)

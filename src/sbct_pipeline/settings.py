@@ -65,6 +65,7 @@ class Settings:
     callback_retry_max_s: float = 86_400.0
     outbox_sweep_s: float = 5.0
     session_token_ttl_s: int = 3600
+    stream_heartbeat_s: float = 15.0
 
     def __post_init__(self) -> None:
         problems = list(_validate(self))
@@ -190,4 +191,5 @@ def _validate(s: Settings) -> list[str]:
          "must be > 0")
     need(s.outbox_sweep_s > 0, "outbox_sweep_s", s.outbox_sweep_s, "must be > 0")
     need(s.session_token_ttl_s > 0, "session_token_ttl_s", s.session_token_ttl_s, "must be > 0")
+    need(s.stream_heartbeat_s > 0, "stream_heartbeat_s", s.stream_heartbeat_s, "must be > 0")
     return problems

@@ -177,6 +177,52 @@ async def get_token(pool: asyncpg.Pool, token_id: str) -> asyncpg.Record | None:
             "SELECT token_id, app_id, token_hash FROM api_tokens WHERE token_id = $1", token_id)
 
 
+async def list_tokens(pool: asyncpg.Pool, app_id: str) -> list[asyncpg.Record]:
+    async with guard("list tokens"):
+        return list(await pool.fetch(
+            "SELECT token_id, created_at FROM api_tokens WHERE app_id = $1"
+            " ORDER BY created_at, token_id", app_id))
+
+
+async def create_token(pool: asyncpg.Pool, token_id: str, app_id: str,
+                       token_hash: bytes) -> asyncpg.Record | None:
+    """Add a token to an existing app; None when the app does not exist."""
+    async with guard("add token"):
+        return await pool.fetchrow(
+            "INSERT INTO api_tokens (token_id, app_id, token_hash)"
+            " SELECT $1, app_id, $3 FROM apps WHERE app_id = $2 RETURNING token_id, created_at",
+            token_id, app_id, token_hash)
+
+
+async def delete_token(pool: asyncpg.Pool, app_id: str, token_id: str) -> bool:
+    async with guard("delete token"):
+        status = await pool.execute(
+            "DELETE FROM api_tokens WHERE app_id = $1 AND token_id = $2", app_id, token_id)
+    return bool(status.endswith(" 1"))
+
+
+async def add_session_token(pool: asyncpg.Pool, token_id: str, app_id: str, user_id: str,
+                            token_hash: bytes, ttl_s: float) -> datetime:
+    """Store a session token; returns its expiry. Expired tokens of the app are swept here."""
+    async with guard("add session token"), pool.acquire() as conn, conn.transaction():
+        expires: datetime = await conn.fetchval(
+            "INSERT INTO session_tokens (token_id, app_id, user_id, token_hash, expires_at)"
+            " VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) RETURNING expires_at",
+            token_id, app_id, user_id, token_hash, float(ttl_s))
+        await conn.execute(
+            "DELETE FROM session_tokens WHERE token_id = ANY(ARRAY(SELECT token_id"
+            " FROM session_tokens WHERE app_id = $1 AND expires_at < now() LIMIT 1000))",
+            app_id)
+    return expires
+
+
+async def get_session_token(pool: asyncpg.Pool, token_id: str) -> asyncpg.Record | None:
+    async with guard("get session token"):
+        return await pool.fetchrow(
+            "SELECT token_id, app_id, user_id, token_hash, expires_at FROM session_tokens"
+            " WHERE token_id = $1", token_id)
+
+
 # ---------------------------------------------------------------- integrations
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +323,9 @@ async def delete_template(pool: asyncpg.Pool, app_id: str, key: str) -> bool:
 
 NOTIFICATION_COLUMNS = ("id, template_key, title, body, data, target_id, created_at, read_at")
 
+# LISTEN/NOTIFY channel of the real-time feed streams (see stream.py for why NOTIFY).
+FEED_CHANNEL = "sbct_feed"
+
 # One statement per chunk: content dedupe (CleverTap's retried webhooks) and the feed insert
 # (broker redeliveries: unique per request and user). Only rows actually inserted come back,
 # so SENT events are emitted exactly for them.
@@ -353,7 +402,31 @@ async def deliver_batch(
             outbox_id = await conn.fetchval(
                 "INSERT INTO outbox (app_id, payload) VALUES ($1, $2) RETURNING id",
                 app_id, payload)
+        if rows:
+            await notify_feed(conn, app_id, request_id, rows)
     return rows, outbox_id, payload
+
+
+async def notify_feed(conn: asyncpg.Connection, app_id: str, request_id: str,
+                      rows: Sequence[asyncpg.Record]) -> None:
+    """One NOTIFY per batch, sent by PostgreSQL only if the delivery transaction commits.
+
+    The payload is small whatever the batch size (NOTIFY payloads stop at 8,000 bytes):
+    listeners read the rows of the users they stream with :func:`batch_rows_for_users`.
+    """
+    ids = [int(r["id"]) for r in rows]
+    await conn.execute("SELECT pg_notify($1, $2)", FEED_CHANNEL, orjson.dumps(
+        {"a": app_id, "r": str(request_id), "lo": min(ids), "hi": max(ids)}).decode())
+
+
+async def batch_rows_for_users(pool: asyncpg.Pool, app_id: str, request_id: str, lo: int,
+                               hi: int, users: Sequence[str]) -> list[asyncpg.Record]:
+    """The rows of one delivered batch (see :func:`notify_feed`) that belong to ``users``."""
+    async with guard("stream rows"):
+        return list(await pool.fetch(
+            f"SELECT user_id, {NOTIFICATION_COLUMNS} FROM notifications"
+            " WHERE app_id = $1 AND request_id = $2::uuid AND user_id = ANY($3::text[])"
+            " AND id BETWEEN $4 AND $5 ORDER BY id", app_id, request_id, list(users), lo, hi))
 
 
 async def list_feed(pool: asyncpg.Pool, app_id: str, user_id: str, *, limit: int,

@@ -1,0 +1,305 @@
+"""API: token rotation, session tokens, the feed cursor, the SSE stream and campaign stats."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+import pytest
+from aiohttp import web
+
+from sbct_pipeline import storage
+from sbct_pipeline.broker import Broker
+from sbct_pipeline.delivery import Worker
+from sbct_pipeline.ingress import create_app
+from sbct_pipeline.settings import Settings
+from sbct_pipeline.stream import HUB, QUEUE_SIZE, Subscriber
+
+from .conftest import Api, eventually, serve, webhook
+
+SINGLE = "/clevertap/notifications/single"
+MULTI = "/clevertap/notifications/multi"
+
+
+@pytest.fixture
+async def served(settings: Settings) -> AsyncIterator[tuple[web.Application, Api]]:
+    """The ingress over real HTTP, with its application object (to look at the stream hub)."""
+    settings = settings.with_overrides(stream_heartbeat_s=0.3)
+    app = create_app(settings)
+    runner = await serve(app, settings.http_port)
+    async with aiohttp.ClientSession() as session:
+        yield app, Api(f"http://127.0.0.1:{settings.http_port}", session)
+    await runner.cleanup()
+
+
+async def _insert(pool: asyncpg.Pool, app_id: str, user_id: str, n: int,
+                  title: str = "t") -> list[int]:
+    """Store ``n`` notifications the way a worker does (one batch, one transaction)."""
+    rendered = [storage.Rendered(user_id, f"k{i}", "E", None, None, f"{title}{i}", "b", None)
+                for i in range(n)]
+    async with pool.acquire() as conn:
+        rows, _, _ = await storage.deliver_batch(
+            conn, app_id=app_id, request_id=str(uuid.uuid4()), target_id=7, rendered=rendered,
+            failures=[], dedupe_window_s=0, make_events=lambda rows: None)
+    return [r["id"] for r in rows]
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# ---------------------------------------------------------------- admin: API tokens
+
+async def test_api_token_rotation_and_deletion(ingress: Api) -> None:
+    """A new token works beside the old one; a deleted token stops working at once."""
+    app = await ingress.new_app()
+    app_id, old = app["app_id"], app["api_token"]
+    status, new = await ingress.call("POST", f"/v1/apps/{app_id}/api_tokens", admin=True)
+    assert status == 201 and new["api_token"].startswith("sbct_") and new["app_id"] == app_id
+    for tok in (old, new["api_token"]):
+        status, _ = await ingress.call("GET", "/v1/templates", token=tok)
+        assert status == 200
+    status, listing = await ingress.call("GET", f"/v1/apps/{app_id}/api_tokens", admin=True)
+    assert status == 200
+    assert {t["token_id"] for t in listing["api_tokens"]} == {app["token_id"], new["token_id"]}
+    assert old not in orjson.dumps(listing).decode()
+    assert all(set(t) == {"token_id", "created_at"} for t in listing["api_tokens"])
+    # The old token is in the auth cache now; deletion must still take effect at once.
+    status, _ = await ingress.call("DELETE", f"/v1/apps/{app_id}/api_tokens/{app['token_id']}",
+                                   admin=True)
+    assert status == 204
+    status, err = await ingress.call("GET", "/v1/templates", token=old)
+    assert status == 401 and err["error"]["code"] == "invalid_token"
+    status, _ = await ingress.call("GET", "/v1/templates", token=new["api_token"])
+    assert status == 200
+    status, err = await ingress.call("DELETE", f"/v1/apps/{app_id}/api_tokens/{app['token_id']}",
+                                     admin=True)
+    assert status == 404 and app["token_id"] in err["error"]["message"]
+    status, err = await ingress.call("POST", "/v1/apps/app_nope/api_tokens", admin=True)
+    assert status == 404 and "app_nope" in err["error"]["message"]
+    status, _ = await ingress.call("POST", f"/v1/apps/{app_id}/api_tokens",
+                                   token=new["api_token"])
+    assert status == 401
+
+
+# ---------------------------------------------------------------- session tokens
+
+async def test_session_token_reads_and_marks_only_its_user(ingress: Api,
+                                                           pool: asyncpg.Pool) -> None:
+    """A session token reads and marks its user's feed; another user's is 403, expiry 401."""
+    app = await ingress.new_app()
+    tok = app["api_token"]
+    ids = await _insert(pool, app["app_id"], "ana", 2)
+    await _insert(pool, app["app_id"], "bob", 1)
+    status, st = await ingress.call("POST", "/v1/users/ana/session_tokens", token=tok)
+    assert status == 201 and st["token"].startswith("sbcs_") and st["expires_in"] == 3600
+    stored = await pool.fetchval("SELECT token_hash FROM session_tokens")
+    assert bytes(stored) == storage.hash_token(st["token"])
+    h = _bearer(st["token"])
+    status, feed = await ingress.call("GET", "/v1/users/ana/notifications", headers=h)
+    assert status == 200 and [n["id"] for n in feed["notifications"]] == ids[::-1]
+    status, n = await ingress.call("POST", f"/v1/users/ana/notifications/{ids[0]}/read",
+                                   headers=h)
+    assert status == 200 and n["read_at"] is not None
+    status, res = await ingress.call("POST", "/v1/users/ana/notifications/read_all", headers=h)
+    assert status == 200 and res == {"marked_read": 1}
+    for method, path in (("GET", "/v1/users/bob/notifications"),
+                         ("POST", "/v1/users/bob/notifications/read_all"),
+                         ("GET", "/v1/users/bob/notifications/stream")):
+        status, err = await ingress.call(method, path, headers=h)
+        assert status == 403 and err["error"]["code"] == "wrong_user", path
+    assert await pool.fetchval("SELECT count(*) FROM notifications WHERE user_id = 'bob'"
+                               " AND read_at IS NULL") == 1
+    # A session token is not an app token: it cannot manage templates or mint tokens.
+    status, _ = await ingress.call("GET", "/v1/templates", headers=h)
+    assert status == 401
+    status, _ = await ingress.call("POST", "/v1/users/ana/session_tokens", headers=h)
+    assert status == 401
+    status, err = await ingress.call("GET", "/v1/users/ana/notifications",
+                                     headers=_bearer(st["token"] + "x"))
+    assert status == 401 and err["error"]["code"] == "invalid_token"
+    status, err = await ingress.call("GET", "/v1/users/ana/notifications")
+    assert status == 401 and "session token" in err["error"]["message"]
+    # Expiry: a fresh token (not cached yet) whose expiry has passed.
+    _, st2 = await ingress.call("POST", "/v1/users/ana/session_tokens", token=tok)
+    await pool.execute("UPDATE session_tokens SET expires_at = now() - interval '1 second'"
+                       " WHERE token_hash = $1", storage.hash_token(st2["token"]))
+    status, err = await ingress.call("GET", "/v1/users/ana/notifications",
+                                     headers=_bearer(st2["token"]))
+    assert status == 401 and err["error"]["code"] == "token_expired"
+
+
+# ---------------------------------------------------------------- feed
+
+async def test_cursor_is_stable_while_notifications_arrive(ingress: Api,
+                                                           pool: asyncpg.Pool) -> None:
+    """Paging with `before` sees each old notification once even as new ones arrive."""
+    app = await ingress.new_app()
+    tok = app["api_token"]
+    old = await _insert(pool, app["app_id"], "p", 7)
+    seen: list[int] = []
+    cursor = ""
+    pages = 0
+    while True:
+        q = f"?limit=3&before={cursor}" if cursor else "?limit=3"
+        status, body = await ingress.call("GET", f"/v1/users/p/notifications{q}", token=tok)
+        assert status == 200
+        if pages == 0:
+            assert body["unread_count"] == 7
+        seen.extend(n["id"] for n in body["notifications"])
+        pages += 1
+        await _insert(pool, app["app_id"], "p", 2, title=f"new{pages}")  # arrives meanwhile
+        if not body["next"]:
+            break
+        cursor = body["next"]
+    assert seen == sorted(old, reverse=True)
+    _, body = await ingress.call("GET", "/v1/users/p/notifications?limit=100", token=tok)
+    assert body["unread_count"] == 7 + 2 * pages and body["next"] is None
+    status, err = await ingress.call("GET", "/v1/users/p/notifications?limit=0", token=tok)
+    assert status == 400 and "limit" in err["error"]["message"]
+    status, err = await ingress.call("GET", "/v1/users/p/notifications?before=x", token=tok)
+    assert status == 400 and "before" in err["error"]["message"]
+
+
+async def test_stream_pushes_each_delivered_notification(
+        served: tuple[web.Application, Api], worker: Any, pool: asyncpg.Pool) -> None:
+    """A connected SSE client gets one `notification` event per delivery, same JSON as the list."""
+    app, api = served
+    acct = await api.new_app()
+    tok = acct["api_token"]
+    await api.template(tok)
+    _, st = await api.call("POST", "/v1/users/s1/session_tokens", token=tok)
+    url = f"{api.base}/v1/users/s1/notifications/stream"
+    async with api.session.get(url, headers=_bearer(st["token"])) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        assert await resp.content.readline() == b": connected\n"
+        # Two deliveries: a Journey (single) and a Campaign (multi, chunked, other users too).
+        await api.call("POST", SINGLE, token=tok, json=webhook(users=["s1"], target_id=1))
+        await api.call("POST", MULTI, token=tok,
+                       json=webhook(users=["x", "s1", "y"], target_id=2))
+        events: list[dict[str, Any]] = []
+        heartbeats = 0
+        async with asyncio.timeout(20):
+            while len(events) < 2 or heartbeats == 0:
+                line = (await resp.content.readline()).decode()
+                if line.startswith(": keepalive"):
+                    heartbeats += 1
+                elif line.startswith("event:"):
+                    assert line == "event: notification\n"
+                elif line.startswith("data:"):
+                    events.append(orjson.loads(line[5:]))
+    assert sorted(e["target_id"] for e in events) == [1, 2]
+    _, feed = await api.call("GET", "/v1/users/s1/notifications", token=tok)
+    assert sorted(feed["notifications"], key=lambda n: n["id"]) == \
+        sorted(events, key=lambda e: e["id"])
+    # The client left: its subscription is gone once the next heartbeat fails to write.
+    await eventually(lambda: _no_subscribers(app))
+
+
+async def _no_subscribers(app: web.Application) -> bool:
+    return not app[HUB]._subs
+
+
+async def test_stream_reaches_clients_of_every_ingress_from_any_worker(
+        settings: Settings, pool: asyncpg.Pool) -> None:
+    """Two ingress processes' streams both see a batch committed by an unrelated connection."""
+    apps = [create_app(settings.with_overrides(http_port=0)) for _ in range(2)]
+    runners = []
+    from .conftest import free_port
+
+    ports = [free_port(), free_port()]
+    for a, p in zip(apps, ports, strict=True):
+        runners.append(await serve(a, p))
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(f"http://127.0.0.1:{ports[0]}", session)
+            acct = await api.new_app()
+            tok = acct["api_token"]
+            streams = [await session.get(f"http://127.0.0.1:{p}/v1/users/m/notifications/"
+                                         "stream", headers={"Api-token": tok}) for p in ports]
+            for s in streams:
+                assert await s.content.readline() == b": connected\n"
+            ids = await _insert(pool, acct["app_id"], "m", 3)  # "another worker process"
+            for s in streams:
+                got: list[int] = []
+                async with asyncio.timeout(10):
+                    while len(got) < 3:
+                        line = await s.content.readline()
+                        if line.startswith(b"data:"):
+                            got.append(orjson.loads(line[5:])["id"])
+                assert got == ids
+                s.close()
+    finally:
+        for r in runners:
+            await r.cleanup()
+
+
+def test_slow_stream_client_is_cut_off_not_buffered() -> None:
+    """A subscriber whose queue is full is closed (end marker queued), never grows unbounded."""
+    sub = Subscriber("a", "u")
+    for i in range(QUEUE_SIZE + 50):
+        sub.offer({"id": i + 1})
+    assert sub.overflowed and sub.closed
+    assert sub.queue.qsize() == QUEUE_SIZE + 1
+    items = [sub.queue.get_nowait() for _ in range(QUEUE_SIZE + 1)]
+    assert items[-1] is None and [i["id"] for i in items[:-1]] == list(  # type: ignore[index]
+        range(1, QUEUE_SIZE + 1))
+    sub2 = Subscriber("a", "u")
+    sub2.offer({"id": 5})
+    sub2.offer({"id": 5})
+    assert sub2.queue.qsize() == 1
+
+
+# ---------------------------------------------------------------- templates and stats
+
+async def test_stats_count_sent_read_and_failed(
+        settings: Settings, ingress: Api, pool: asyncpg.Pool) -> None:
+    """Missing variables and a template deleted before delivery count as failed, with reasons."""
+    acct = await ingress.new_app()
+    tok = acct["api_token"]
+    await ingress.template(tok)
+    await ingress.template(tok, "gone", "Bye {name}", "x")
+    status, err = await ingress.call("POST", SINGLE, token=tok,
+                                     json=webhook(template_key="never_made"))
+    assert status == 400 and "never_made" in err["error"]["message"]
+    status, _ = await ingress.call("POST", MULTI, token=tok,
+                                   json=webhook(users=["a", "b"], target_id=99))
+    assert status == 200
+    status, _ = await ingress.call("POST", SINGLE, token=tok, json=webhook(
+        users=["c"], target_id=99, variables={"name": "Cy"}))  # no order_id
+    assert status == 200
+    status, _ = await ingress.call("POST", SINGLE, token=tok,
+                                   json=webhook(users=["d"], target_id=99, template_key="gone"))
+    assert status == 200
+    # Deleted after the ingress accepted it, before any worker ran.
+    status, _ = await ingress.call("DELETE", "/v1/templates/gone", token=tok)
+    assert status == 204
+    b = Broker(settings)
+    await b.connect(consume=True)
+    w = Worker(pool, b, settings)
+    await w.start()
+    try:
+        await eventually(lambda: pool.fetchval(
+            "SELECT (SELECT count(*) FROM notifications) = 2"
+            " AND (SELECT count(*) FROM delivery_failures) = 2"))
+    finally:
+        await w.stop()
+        await b.close()
+    reasons = dict(await pool.fetch("SELECT user_id, reason FROM delivery_failures"))
+    assert "order_id" in reasons["c"] and "'gone' no longer exists" in reasons["d"]
+    _, feed = await ingress.call("GET", "/v1/users/a/notifications", token=tok)
+    await ingress.call("POST", f"/v1/users/a/notifications/{feed['notifications'][0]['id']}/read",
+                       token=tok)
+    status, stats = await ingress.call("GET", "/v1/campaigns/99/stats", token=tok)
+    assert status == 200
+    assert stats == {"target_id": 99, "sent": 2, "read": 1, "failed": 2, "read_rate": 0.5}
+    status, stats = await ingress.call("GET", "/v1/campaigns/12345/stats", token=tok)
+    assert stats == {"target_id": 12345, "sent": 0, "read": 0, "failed": 0, "read_rate": 0.0}
+    status, err = await ingress.call("GET", "/v1/campaigns/abc/stats", token=tok)
+    assert status == 400 and "target_id" in err["error"]["message"]
