@@ -29,6 +29,11 @@ lint: install
 fmt: install
 	$(BIN)/ruff check --fix src tests
 
+# The benchmark (docs/benchmarks.md): `make bench` is the full million-user run (minutes);
+# `make bench BENCH_ARGS=--quick` runs it scaled down in under a minute.
+bench: install
+	$(BIN)/sbct-pipeline bench $(BENCH_ARGS)
+
 # The whole stack in containers (needs Docker with compose).
 dev:
 	docker compose up --build

@@ -178,6 +178,10 @@ def _parser() -> argparse.ArgumentParser:
     app_sub = app.add_subparsers(dest="app_command", required=True, metavar="ACTION")
     create = app_sub.add_parser("create", help='print {"app_id", "api_token"} of a new app')
     create.add_argument("--name", required=True)
+    from .bench import add_arguments as bench_arguments
+
+    bench_arguments(sub.add_parser(
+        "bench", help="measure fan-out, ingress and single latency against baselines"))
     sim = sub.add_parser("clevertap-sim", help="a local stand-in for CleverTap's upload API")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8090)
@@ -195,10 +199,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+async def cmd_bench(settings: Settings, args: argparse.Namespace) -> None:
+    from .bench import run_bench
+
+    await run_bench(args, settings, sys.argv[2:])
+
+
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, None]]] = {
     "migrate": cmd_migrate, "ingress": cmd_ingress, "worker": cmd_worker,
     "callbacks": cmd_callbacks, "run": cmd_run, "app": cmd_app_create,
-    "clevertap-sim": cmd_sim,
+    "clevertap-sim": cmd_sim, "bench": cmd_bench,
 }
 
 
