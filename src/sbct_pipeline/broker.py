@@ -90,6 +90,13 @@ async def declare_topology(channel: AbstractChannel, settings: Settings) -> None
     """Declare exchanges, queues and bindings; safe to run any number of times."""
     n = Names(settings.amqp_prefix)
     qtype: dict[str, Any] = {"x-queue-type": settings.queue_type}
+    if settings.queue_type == "quorum":
+        # Quorum queues dead-letter at-most-once by default: a delay queue's expired message
+        # could vanish if its target queue had no leader at that moment. At-least-once
+        # dead-lettering (RabbitMQ >= 3.10) keeps it until the target confirms; it requires
+        # the reject-publish overflow mode. Duplicates it may cause are harmless (the feed's
+        # unique key, the outbox's ids).
+        qtype |= {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
     ex = await channel.declare_exchange(n.exchange, aio_pika.ExchangeType.DIRECT, durable=True)
     dlx = await channel.declare_exchange(n.dlx, aio_pika.ExchangeType.DIRECT, durable=True)
     for kind, dead_key in (("single", "jobs"), ("multi", "jobs"), ("chunks", "jobs"),
@@ -183,21 +190,35 @@ class Broker:
             raise BrokerUnavailable(f"publish to RabbitMQ failed: {exc!r}") from exc
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - t0)
 
+    @property
+    def is_connected(self) -> bool:
+        """Whether every connection this broker opened is up (no I/O: cheap for probes)."""
+        conns = [c for c in (self._pub_conn, self._con_conn) if c is not None]
+        # ``connected`` is cleared while a robust connection is reconnecting.
+        return bool(conns) and all(c.connected.is_set() and not c.is_closed for c in conns)
+
     async def queue_depth(self, kind: str) -> int:
         """Messages ready in queue ``kind`` (passive declare)."""
+        depths = await self.queue_depths([self.names.queue(kind)])
+        return depths[self.names.queue(kind)]
+
+    async def queue_depths(self, queues: list[str]) -> dict[str, int]:
+        """Messages ready in each of ``queues`` (full names), on one short-lived channel."""
         if self._pub_conn is None:
             raise BrokerUnavailable("not connected to RabbitMQ")
+        out: dict[str, int] = {}
         try:
             async with asyncio.timeout(self.settings.publish_timeout_s):
                 channel = await self._pub_conn.channel(publisher_confirms=False)
                 try:
-                    q = await channel.declare_queue(self.names.queue(kind), passive=True)
-                    count = q.declaration_result.message_count
+                    for name in queues:
+                        q = await channel.declare_queue(name, passive=True)
+                        out[name] = int(q.declaration_result.message_count or 0)
                 finally:
                     await channel.close()
         except _BROKER_ERRORS as exc:
             raise BrokerUnavailable(f"queue depth unavailable: {exc!r}") from exc
-        return int(count or 0)
+        return out
 
     async def dead_letter(self, kind: str, body: bytes, *, reason: str,
                           headers: dict[str, Any] | None = None) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import contextvars
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -23,17 +24,29 @@ from aiohttp import web
 from . import logs, storage
 from .broker import Broker
 from .errors import PipelineError, Unavailable
+from .health import HealthState, create_health_app
 from .settings import Settings, SettingsError
 
 log = logs.get("sbct_pipeline.cli")
 
 
-async def _wait_for_signal() -> None:
+_STOP: contextvars.ContextVar[asyncio.Event] = contextvars.ContextVar("sbct_stop")
+
+
+async def _with_signals(command: Coroutine[Any, Any, None]) -> None:
+    # Handlers go in before anything starts: a SIGTERM during start-up (a pod deleted while
+    # it connects) must not kill the process with the default action; the command finishes
+    # starting and then stops in order.
     stop = asyncio.Event()
+    _STOP.set(stop)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await command
+
+
+async def _wait_for_signal() -> None:
+    await _STOP.get().wait()
     log.info("process.stopping")
 
 
@@ -51,54 +64,82 @@ async def _site(app: web.Application, host: str, port: int,
         await runner.cleanup()
 
 
-@contextlib.asynccontextmanager
-async def _worker(settings: Settings) -> AsyncIterator[None]:
-    from .delivery import Worker
+class _Component(Protocol):
+    async def start(self) -> None: ...
 
+    async def stop(self) -> None: ...
+
+
+@contextlib.asynccontextmanager
+async def _connected(settings: Settings) -> AsyncIterator[tuple[Any, Broker]]:
+    """The process's PostgreSQL pool and RabbitMQ connections, closed last."""
     pool = await storage.create_pool(settings)
     broker = Broker(settings)
     try:
         await broker.connect(consume=True)
-        worker = Worker(pool, broker, settings)
-        await worker.start()
-        try:
-            yield
-        finally:
-            await worker.stop()
+        yield pool, broker
     finally:
         await broker.close()
         await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def _running(component: _Component) -> AsyncIterator[None]:
+    # stop() stops consuming, then drains in-flight messages for SBCT_DRAIN_TIMEOUT_S.
+    await component.start()
+    try:
+        yield
+    finally:
+        await component.stop()
+
+
+def _make_worker(pool: Any, broker: Broker, settings: Settings) -> _Component:
+    from .delivery import Worker
+
+    return Worker(pool, broker, settings)
+
+
+def _make_exporter(pool: Any, broker: Broker, settings: Settings) -> _Component:
+    from .callbacks import Exporter
+
+    return Exporter(pool, broker, settings)
+
+
+@contextlib.asynccontextmanager
+async def _worker(settings: Settings) -> AsyncIterator[None]:
+    async with _connected(settings) as (pool, broker), \
+            _running(_make_worker(pool, broker, settings)):
+        yield
 
 
 @contextlib.asynccontextmanager
 async def _callbacks(settings: Settings) -> AsyncIterator[None]:
-    from .callbacks import Exporter
-
-    pool = await storage.create_pool(settings)
-    broker = Broker(settings)
-    try:
-        await broker.connect(consume=True)
-        exporter = Exporter(pool, broker, settings)
-        await exporter.start()
-        try:
-            yield
-        finally:
-            await exporter.stop()
-    finally:
-        await broker.close()
-        await pool.close()
+    async with _connected(settings) as (pool, broker), \
+            _running(_make_exporter(pool, broker, settings)):
+        yield
 
 
 @contextlib.asynccontextmanager
-async def _metrics_site(settings: Settings) -> AsyncIterator[None]:
+async def _metrics_site(settings: Settings, pool: Any, broker: Broker,
+                        state: HealthState) -> AsyncIterator[None]:
     if settings.metrics_port == 0:
         yield
         return
-    from .health import create_health_app
-
-    async with _site(create_health_app(settings), settings.http_host, settings.metrics_port,
-                     shutdown_timeout=1):
+    async with _site(create_health_app(pool=pool, broker=broker, state=state),
+                     settings.http_host, settings.metrics_port, shutdown_timeout=1):
         yield
+
+
+async def _serve_consumer(settings: Settings,
+                          make: Callable[[Any, Broker, Settings], _Component]) -> None:
+    # Order matters: the health site starts before the consumers and stops after they have
+    # drained, so /readyz answers 503 "draining" (and /metrics stays scrapable) meanwhile.
+    state = HealthState()
+    async with _connected(settings) as (pool, broker), \
+            _metrics_site(settings, pool, broker, state), \
+            _running(make(pool, broker, settings)):
+        await _wait_for_signal()
+        state.draining = True
 
 
 async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
@@ -115,13 +156,11 @@ async def cmd_ingress(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
-    async with _worker(settings), _metrics_site(settings):
-        await _wait_for_signal()
+    await _serve_consumer(settings, _make_worker)
 
 
 async def cmd_callbacks(settings: Settings, args: argparse.Namespace) -> None:
-    async with _callbacks(settings), _metrics_site(settings):
-        await _wait_for_signal()
+    await _serve_consumer(settings, _make_exporter)
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
@@ -221,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings.log_level)
     try:
-        asyncio.run(COMMANDS[args.command](settings, args))
+        asyncio.run(_with_signals(COMMANDS[args.command](settings, args)))
     except Unavailable as exc:
         print(f"sbct-pipeline: {exc.message}\n{_start_hint(exc)}", file=sys.stderr)
         return 3

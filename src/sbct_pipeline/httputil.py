@@ -97,7 +97,8 @@ async def error_middleware(request: web.Request,
     resp.headers["X-Request-Id"] = request_id
     metrics.HTTP_REQUESTS.labels(route=route, method=request.method,
                                  status=str(resp.status)).inc()
-    metrics.HTTP_SECONDS.labels(route=route).observe(time.perf_counter() - t0)
+    metrics.HTTP_SECONDS.labels(route=route, status=str(resp.status)).observe(
+        time.perf_counter() - t0)
     return resp
 
 

@@ -12,8 +12,9 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 HTTP_REQUESTS = Counter("sbct_http_requests_total", "HTTP requests by route and status",
                         ["route", "method", "status"], registry=REGISTRY)
-HTTP_SECONDS = Histogram("sbct_http_request_seconds", "HTTP request latency by route",
-                         ["route"], registry=REGISTRY,
+HTTP_SECONDS = Histogram("sbct_http_request_seconds",
+                         "HTTP request latency by route and status",
+                         ["route", "status"], registry=REGISTRY,
                          buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
 WEBHOOK_RECIPIENTS = Counter("sbct_webhook_recipients_total",
                              "Profiles received by webhooks, accepted or rejected",
@@ -23,8 +24,9 @@ PUBLISH_SECONDS = Histogram("sbct_publish_seconds", "Publish-to-confirm latency"
                             buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .5, 2))
 PUBLISH_FAILURES = Counter("sbct_publish_failures_total", "Publishes not confirmed",
                            ["reason"], registry=REGISTRY)
-QUEUE_DEPTH = Gauge("sbct_queue_depth", "Messages ready per queue", ["queue"],
-                    registry=REGISTRY)
+QUEUE_DEPTH = Gauge("sbct_queue_depth",
+                    "Messages ready per queue (name without the prefix: single, dead.jobs...)",
+                    ["queue"], registry=REGISTRY)
 DELIVERIES = Counter("sbct_deliveries_total", "Notifications by outcome",
                      ["outcome"], registry=REGISTRY)
 BATCH_SECONDS = Histogram("sbct_delivery_batch_seconds", "Time to deliver one batch",
