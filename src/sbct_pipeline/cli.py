@@ -25,6 +25,7 @@ from . import logs, storage
 from .broker import Broker
 from .errors import PipelineError, Unavailable
 from .health import HealthState, create_health_app
+from .httputil import IN_FLIGHT
 from .settings import Settings, SettingsError
 
 log = logs.get("sbct_pipeline.cli")
@@ -53,6 +54,12 @@ async def _wait_for_signal() -> None:
 @contextlib.asynccontextmanager
 async def _site(app: web.Application, host: str, port: int,
                 shutdown_timeout: float) -> AsyncIterator[web.AppRunner]:
+    """Serve ``app``; on exit stop accepting, let requests finish, then shut down.
+
+    Within ``shutdown_timeout`` in all: the listening socket closes first, requests still
+    receiving a body finish (see ``httputil.InFlight``), then aiohttp's own shutdown waits
+    for the rest and runs the app's cleanup.
+    """
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
@@ -60,6 +67,17 @@ async def _site(app: web.Application, host: str, port: int,
         await site.start()
         log.info("http.listening", host=host, port=port)
         yield runner
+        in_flight = app.get(IN_FLIGHT)
+        if in_flight is not None:
+            t0 = asyncio.get_running_loop().time()
+            for s in list(runner.sites):
+                await s.stop()
+            log.info("http.draining", in_flight=in_flight.count)
+            if not await in_flight.wait_idle(shutdown_timeout):
+                log.warning("http.drain_timeout", in_flight=in_flight.count)
+            # What is left of the budget goes to aiohttp's shutdown.
+            runner._shutdown_timeout = max(  # no public setter
+                0.1, shutdown_timeout - (asyncio.get_running_loop().time() - t0))
     finally:
         await runner.cleanup()
 

@@ -122,3 +122,54 @@ async def read_json(request: web.Request) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from None
+
+
+# ---------------------------------------------------------------- graceful shutdown
+
+class InFlight:
+    """Counts requests with a body in progress, so shutdown can let them finish first.
+
+    aiohttp's own graceful shutdown stops reading from every connection at once (data that
+    arrives later is dropped, aio-libs/aiohttp#2298), so a webhook whose body is still being
+    uploaded at SIGTERM would hang until the shutdown timeout and fail. The ingress therefore
+    closes its listening socket, waits for these requests (:meth:`wait_idle`), and only then
+    runs aiohttp's shutdown. Requests without a body (feed reads, SSE streams) need nothing
+    more from the client and are left to aiohttp's shutdown, which waits for or ends them.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def middleware(self, request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        if not request.body_exists:
+            return await handler(request)
+        self.count += 1
+        self._idle.clear()
+        try:
+            resp = await handler(request)
+            if self.draining:
+                resp.force_close()  # no further request on this keep-alive connection
+            return resp
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def wait_idle(self, limit_s: float) -> bool:
+        """Start draining; True once no request with a body is in progress, False on timeout."""
+        self.draining = True
+        try:
+            async with asyncio.timeout(limit_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+IN_FLIGHT = web.AppKey("in_flight", InFlight)

@@ -23,7 +23,14 @@ from .broker import Broker
 from .codec import Job, Webhook, parse_webhook
 from .context import AUTH, BROKER, OUTBOX, POOL, REQUEST_ID, SETTINGS
 from .errors import BadRequest, BrokerUnavailable, RateLimited, Unavailable
-from .httputil import THREAD_PARSE_BYTES, error_middleware, json_response, read_json
+from .httputil import (
+    IN_FLIGHT,
+    THREAD_PARSE_BYTES,
+    InFlight,
+    error_middleware,
+    json_response,
+    read_json,
+)
 from .outbox import Outbox
 from .settings import Settings
 from .tasks import Periodic
@@ -200,9 +207,11 @@ async def metrics_view(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings) -> web.Application:
     """The ingress application; resources open in cleanup contexts, in dependency order."""
-    app = web.Application(middlewares=[error_middleware],
+    in_flight = InFlight()
+    app = web.Application(middlewares=[in_flight.middleware, error_middleware],
                           client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    app[IN_FLIGHT] = in_flight
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await storage.create_pool(settings)

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
 import pytest
 
 from sbct_pipeline.settings import Settings
@@ -191,3 +192,66 @@ async def test_ingress_metrics_count_requests_by_route_and_status(
             in text), text
     assert f'sbct_http_request_seconds_count{{route="{route}",status="401"}}' in text
     assert 'sbct_queue_depth{queue="single"}' in text
+
+
+async def test_ingress_sigterm_finishes_the_request_in_flight_and_refuses_new_ones(
+        settings: Settings, ingress: Api, pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """On SIGTERM the ingress closes its port but still answers the request it is reading."""
+    app = await ingress.new_app()  # set up through the in-process ingress (same database)
+    await ingress.template(app["api_token"])
+    port = free_port()
+    proc = Proc(["ingress"], _env(settings, SBCT_HTTP_PORT=str(port),
+                                  SBCT_ADMIN_TOKEN="unused"), tmp_path / "ingress.log")
+    try:
+        base = f"http://127.0.0.1:{port}"
+        await proc.wait_http(base + "/readyz")
+        body = orjson.dumps(webhook(target_id=7, users=[f"s{i}" for i in range(2000)]))
+        half = len(body) // 2
+        first_half_sent, terminated = asyncio.Event(), asyncio.Event()
+
+        async def slow_body() -> Any:
+            yield body[:half]
+            first_half_sent.set()
+            await terminated.wait()
+            yield body[half:]
+
+        async with aiohttp.ClientSession() as s:
+            # With Expect: 100-continue the client sends the body only once the server has
+            # routed the request: when the first half is out, the handler is in progress.
+            request = asyncio.create_task(s.post(
+                base + "/clevertap/notifications/multi", data=slow_body(), expect100=True,
+                headers={"Api-token": app["api_token"], "Content-Type": "application/json",
+                         "Content-Length": str(len(body))}))
+            await asyncio.wait_for(first_half_sent.wait(), 10)
+            proc.popen.send_signal(signal.SIGTERM)
+
+            async def refused() -> bool:
+                try:
+                    async with aiohttp.ClientSession() as fresh, fresh.get(base + "/healthz"):
+                        return False
+                except aiohttp.ClientConnectionError:
+                    return True
+
+            await eventually(refused, timeout=10)
+            terminated.set()
+            async with await request as resp:
+                assert resp.status == 200, await resp.text()
+                answer = await resp.json()
+        assert answer["accepted"] == 2000
+        assert await asyncio.to_thread(proc.popen.wait, DRAIN_S + 10) == 0, proc.tail()
+        # The accepted job is on the broker: the in-process ingress's depth check sees it.
+        depth = await _queue_depth(settings, "multi")
+        assert depth == 1
+    finally:
+        proc.kill()
+
+
+async def _queue_depth(settings: Settings, kind: str) -> int:
+    from sbct_pipeline.broker import Broker
+
+    b = Broker(settings)
+    await b.connect()
+    try:
+        return await b.queue_depth(kind)
+    finally:
+        await b.close()
