@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -303,3 +304,115 @@ async def test_stats_count_sent_read_and_failed(
     assert stats == {"target_id": 12345, "sent": 0, "read": 0, "failed": 0, "read_rate": 0.0}
     status, err = await ingress.call("GET", "/v1/campaigns/abc/stats", token=tok)
     assert status == 400 and "target_id" in err["error"]["message"]
+
+
+# ---------------------------------------------------------------- multi-tenancy
+
+PUBLIC = {("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"), ("get", "/openapi.json")}
+
+
+async def _snapshot(pool: asyncpg.Pool, app_id: str) -> dict[str, Any]:
+    """Everything of one app that any route could read or change."""
+    q = {
+        "app": "SELECT app_id, name FROM apps WHERE app_id = $1",
+        "tokens": "SELECT token_id, token_hash FROM api_tokens WHERE app_id = $1 ORDER BY 1",
+        "integration": "SELECT event_callback, project_id, passcode, api_endpoint"
+                       " FROM integrations WHERE app_id = $1",
+        "templates": "SELECT key, title, body, data, updated_at FROM templates"
+                     " WHERE app_id = $1 ORDER BY key",
+        "feed": "SELECT id, user_id, title, read_at FROM notifications WHERE app_id = $1"
+                " ORDER BY id",
+        "sessions": "SELECT token_id, user_id FROM session_tokens WHERE app_id = $1 ORDER BY 1",
+    }
+    return {k: [dict(r) for r in await pool.fetch(sql, app_id)] for k, sql in q.items()}
+
+
+async def test_no_credential_of_app_b_reaches_app_a_on_any_route(
+        settings: Settings, ingress: Api, pool: asyncpg.Pool) -> None:
+    """Every route, called with app B's token or session token, shows and changes nothing of A."""
+    from .test_openapi import registered_routes
+
+    a = await ingress.new_app()
+    status, _ = await ingress.call(
+        "PUT", f"/v1/apps/{a['app_id']}/integrations/clevertap", admin=True,
+        json={"event_callback": True, "project_id": "PROJ-A", "passcode": "A-PASSCODE-TAIL9",
+              "api_endpoint": "https://in1.api.clevertap.com"})
+    assert status == 200
+    await ingress.template(a["api_token"], "a_tpl", "SECRET-A {name}", "SECRET-A body")
+    a_ids = await _insert(pool, a["app_id"], "ua", 2, title="SECRET-A")
+    nid = a_ids[0]
+    await pool.execute("UPDATE notifications SET target_id = 4242 WHERE app_id = $1",
+                       a["app_id"])
+    _, a_session = await ingress.call("POST", "/v1/users/ua/session_tokens",
+                                      token=a["api_token"])
+    b = await ingress.new_app()
+    _, b_session = await ingress.call("POST", "/v1/users/ua/session_tokens",
+                                      token=b["api_token"])
+    before = await _snapshot(pool, a["app_id"])
+    markers = ["SECRET-A", "PROJ-A", "AIL9", a["app_id"], a["token_id"], a["api_token"],
+               a_session["token"]]
+    params = {"app_id": a["app_id"], "key": "a_tpl", "user_id": "ua", "id": str(nid),
+              "target_id": "4242", "token_id": a["token_id"]}
+    bodies: dict[str, Any] = {
+        "/v1/apps": {"name": "b-made"},
+        "/v1/apps/{app_id}/integrations/clevertap": {"event_callback": False},
+        "/v1/templates/{key}": {"title": "B was here", "body": "B"},
+        "/clevertap/notifications/single": webhook(users=["ua"], template_key="a_tpl",
+                                                   target_id=4242),
+        "/clevertap/notifications/multi": webhook(users=["ua"], template_key="a_tpl",
+                                                  target_id=4242),
+    }
+    credentials = {"b api token": {"Api-token": b["api_token"]},
+                   "b session token": _bearer(b_session["token"])}
+    routes = registered_routes(settings)
+    walked: set[tuple[str, str]] = set()
+    for method, template in sorted(routes):
+        names = re.findall(r"{(\w+)}", template)
+        unknown = [n for n in names if n not in params]
+        assert not unknown, f"{method} {template}: add a value of app A for {unknown}"
+        path = template.format(**params)
+        for cred_name, headers in credentials.items():
+            if template.endswith("/stream"):
+                await _stream_sees_only_b(ingress, pool, path, headers, a["app_id"],
+                                          b["app_id"], a_ids)
+                continue
+            status, body = await ingress.call(method.upper(), path, headers=headers,
+                                              json=bodies.get(template))
+            text = orjson.dumps(body).decode() if not isinstance(body, str) else body
+            where = f"{method.upper()} {path} with {cred_name} -> {status}"
+            assert status < 500, where
+            if (method, template) not in PUBLIC and template.startswith("/v1/apps"):
+                assert status == 401, f"{where}: admin routes take only the admin token"
+            if 200 <= status < 300:
+                leaked = [m for m in markers if m in text]
+                assert not leaked, f"{where} leaked {leaked}: {text[:300]}"
+        walked.add((method, template))
+    assert walked == routes
+    assert await _snapshot(pool, a["app_id"]) == before
+    # A's own credentials still see all of it: the walk did not just break the app.
+    _, feed = await ingress.call("GET", "/v1/users/ua/notifications", token=a["api_token"])
+    assert len(feed["notifications"]) == 2 and feed["unread_count"] == 2
+
+
+async def _stream_sees_only_b(ingress: Api, pool: asyncpg.Pool, path: str,
+                              headers: dict[str, str], a_app: str, b_app: str,
+                              a_ids: list[int]) -> None:
+    """B's stream of user "ua" gets B's deliveries and never A's, delivered just before."""
+    async with ingress.session.get(ingress.base + path, headers=headers) as resp:
+        assert resp.status == 200
+        assert await resp.content.readline() == b": connected\n"
+        await _insert(pool, a_app, "ua", 1, title="SECRET-A")
+        b_ids = await _insert(pool, b_app, "ua", 1, title="b-own")
+        await _insert(pool, a_app, "ua", 1, title="SECRET-A")
+        b_ids += await _insert(pool, b_app, "ua", 1, title="b-own")
+        got: list[dict[str, Any]] = []
+        async with asyncio.timeout(10):
+            while len(got) < 2:
+                line = await resp.content.readline()
+                if line.startswith(b"data:"):
+                    got.append(orjson.loads(line[5:]))
+    assert sorted(n["id"] for n in got) == sorted(b_ids)
+    assert all("SECRET-A" not in n["title"] for n in got)
+    # Undo the two probes of A so the walk can compare A's state before and after.
+    await pool.execute("DELETE FROM notifications WHERE app_id = $1 AND id <> ALL($2::bigint[])",
+                       a_app, a_ids)

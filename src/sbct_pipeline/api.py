@@ -20,7 +20,7 @@ from . import storage
 from .auth import new_app_id, new_session_token, new_token
 from .context import AUTH, OUTBOX, POOL, REQUEST_ID, SETTINGS
 from .errors import BadRequest, NotFound
-from .httputil import json_response, read_json
+from .httputil import json_response, read_json, text_param
 from .stream import HUB, sse_event
 from .templates import TemplateSyntaxError, compile_template
 
@@ -62,10 +62,7 @@ def _admin(request: web.Request) -> None:
 
 
 def _user_id(request: web.Request) -> str:
-    user_id = request.match_info["user_id"]
-    if not user_id or len(user_id) > MAX_NAME:
-        raise BadRequest(f"user_id must be 1-{MAX_NAME} characters", code="invalid_user_id")
-    return user_id
+    return text_param(request, "user_id", MAX_NAME)
 
 
 async def _feed_app(request: web.Request) -> tuple[str, str]:
@@ -103,15 +100,16 @@ async def provision_app(pool: asyncpg.Pool, name: str) -> dict[str, str]:
 
 async def get_app(request: web.Request) -> web.Response:
     _admin(request)
-    row = await storage.get_app(request.app[POOL], request.match_info["app_id"])
+    app_id = text_param(request, "app_id")
+    row = await storage.get_app(request.app[POOL], app_id)
     if row is None:
-        raise NotFound(f"no app {request.match_info['app_id']!r}")
+        raise NotFound(f"no app {app_id!r}")
     return _json({"app_id": row["app_id"], "name": row["name"],
                   "created_at": row["created_at"].isoformat()})
 
 
 async def _existing_app(request: web.Request) -> str:
-    app_id = request.match_info["app_id"]
+    app_id = text_param(request, "app_id")
     if await storage.get_app(request.app[POOL], app_id) is None:
         raise NotFound(f"no app {app_id!r}")
     return app_id
@@ -128,7 +126,7 @@ async def list_api_tokens(request: web.Request) -> web.Response:
 async def create_api_token(request: web.Request) -> web.Response:
     """Issue another token; the app's other tokens keep working until deleted (rotation)."""
     _admin(request)
-    app_id = request.match_info["app_id"]
+    app_id = text_param(request, "app_id")
     issued, token_hash = new_token()
     row = await storage.create_token(request.app[POOL], issued.token_id, app_id, token_hash)
     if row is None:
@@ -139,8 +137,8 @@ async def create_api_token(request: web.Request) -> web.Response:
 
 async def delete_api_token(request: web.Request) -> web.Response:
     _admin(request)
-    app_id = request.match_info["app_id"]
-    token_id = request.match_info["token_id"]
+    app_id = text_param(request, "app_id")
+    token_id = text_param(request, "token_id")
     if not await storage.delete_token(request.app[POOL], app_id, token_id):
         raise NotFound(f"app {app_id!r} has no API token {token_id!r}")
     # At once on this process; other ingress processes drop it when their cache entry
@@ -182,7 +180,7 @@ async def put_integration(request: web.Request) -> web.Response:
 
 async def get_integration(request: web.Request) -> web.Response:
     _admin(request)
-    app_id = request.match_info["app_id"]
+    app_id = text_param(request, "app_id")
     integ = await storage.get_integration(request.app[POOL], app_id)
     if integ is None:
         raise NotFound(f"app {app_id!r} has no CleverTap integration (PUT it first)")
@@ -199,10 +197,7 @@ def _template_json(row: asyncpg.Record) -> dict[str, Any]:
 
 
 def _template_key(request: web.Request) -> str:
-    key = request.match_info["key"]
-    if not key or len(key) > MAX_NAME:
-        raise BadRequest(f"template key must be 1-{MAX_NAME} characters", code="invalid_key")
-    return key
+    return text_param(request, "key", MAX_NAME)
 
 
 async def put_template(request: web.Request) -> web.Response:
@@ -370,6 +365,8 @@ async def campaign_stats(request: web.Request) -> web.Response:
         target_id = int(request.match_info["target_id"])
     except ValueError:
         raise BadRequest("target_id must be an integer", code="invalid_param") from None
+    if not -(2**63) <= target_id < 2**63:
+        raise BadRequest("target_id is out of range (64-bit integer)", code="invalid_param")
     stats = await storage.campaign_stats(request.app[POOL], app_id, target_id)
     rate = stats["read"] / stats["sent"] if stats["sent"] else 0.0
     return _json({"target_id": target_id, **stats, "read_rate": round(rate, 4)})

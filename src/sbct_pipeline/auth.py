@@ -138,6 +138,6 @@ class Authenticator:
 
 def _token_id(token: str, prefix: str = TOKEN_PREFIX) -> str | None:
     head, dot, _ = token.partition(".")
-    if not dot or not head.startswith(prefix + "_"):
+    if not dot or not head.startswith(prefix + "_") or "\x00" in token:
         return None
     return head[len(prefix) + 1 :]

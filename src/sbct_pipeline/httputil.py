@@ -8,6 +8,7 @@ request ID and answered with a generic 500 that reveals nothing internal.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,9 @@ from .errors import (
 log = logs.get(__name__)
 
 THREAD_PARSE_BYTES = 256 * 1024
+# A \u0000 escape not itself escaped (an even run of backslashes before it): PostgreSQL text
+# cannot hold NUL, so such a body is refused here rather than failing later in a worker.
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def error_body(code: str, message: str) -> bytes:
@@ -118,10 +122,24 @@ async def read_json(request: web.Request) -> Any:
         raise BadRequest("the body is empty; a JSON object is required", code="invalid_json")
     try:
         if len(body) > THREAD_PARSE_BYTES:
-            return await asyncio.to_thread(orjson.loads, body)
-        return orjson.loads(body)
+            value = await asyncio.to_thread(orjson.loads, body)
+        else:
+            value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from None
+    if b"\\u0000" in body and _NUL_ESCAPE.search(body):
+        raise BadRequest("strings must not contain the NUL character (\\u0000)",
+                         code="invalid_json")
+    return value
+
+
+def text_param(request: web.Request, name: str, max_len: int = 200) -> str:
+    """A path parameter as text: 1 to ``max_len`` characters, no NUL; 400 naming it."""
+    value = request.match_info[name]
+    if not value or len(value) > max_len or "\x00" in value:
+        raise BadRequest(f"{name} must be 1-{max_len} characters without NUL",
+                         code=f"invalid_{name}")
+    return value
 
 
 # ---------------------------------------------------------------- graceful shutdown
