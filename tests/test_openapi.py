@@ -76,7 +76,7 @@ async def test_schemathesis_finds_no_server_errors_or_schema_violations(
     ]
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
+        env={**os.environ, "SCHEMATHESIS_HOOKS": ""}, cwd=tmp_path)  # its cache stays there
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=400)
     text = out.decode(errors="replace")
     print(text[-3000:])  # pytest -s shows what schemathesis tried (operations, test cases)
