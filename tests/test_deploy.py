@@ -292,3 +292,20 @@ def test_every_documented_setting_in_deploy_files_exists() -> None:
     texts += [p.read_text() for p in K8S.glob("*.yaml")]
     used = {m for t in texts for m in re.findall(r"\bSBCT_[A-Z0-9_]+", t)}
     assert used and used <= SETTING_NAMES, sorted(used - SETTING_NAMES)
+
+
+# ------------------------------------------------------------------ docs
+
+
+def test_operations_doc_lists_every_setting_and_metric() -> None:
+    """docs/operations.md has a row for every SBCT_* setting and every exported series."""
+    from sbct_pipeline import metrics
+
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    rows = {m for m in re.findall(r"^\| `(SBCT_[A-Z0-9_]+)`", doc, flags=re.M)}
+    assert rows == SETTING_NAMES, (sorted(SETTING_NAMES - rows), sorted(rows - SETTING_NAMES))
+    series = set(re.findall(r"^\| `(sbct_[a-z_]+)`", doc, flags=re.M))
+    exported = set()
+    for family in metrics.REGISTRY.collect():
+        exported.add(family.name + ("_total" if family.type == "counter" else ""))
+    assert series == exported, (sorted(exported - series), sorted(series - exported))

@@ -329,6 +329,7 @@ class Exporter:
                 await self.broker.retry_later("events", encode_events(p.retry),
                                               attempt=p.attempts + 1, headers=headers,
                                               delay=p.retry_delay)
+                metrics.RETRIES.labels(queue="events").inc()
         if p.dead:
             metrics.DEAD_LETTERS.labels(queue="events").inc(len(p.dead))
             body = orjson.dumps([[*ev.to_wire(), why] for ev, why in p.dead])
