@@ -44,10 +44,10 @@ async def _insert(pool: asyncpg.Pool, app_id: str, user_id: str, n: int,
     rendered = [storage.Rendered(user_id, f"k{i}", "E", None, None, f"{title}{i}", "b", None)
                 for i in range(n)]
     async with pool.acquire() as conn:
-        rows, _, _ = await storage.deliver_batch(
+        done = await storage.deliver_batch(
             conn, app_id=app_id, request_id=str(uuid.uuid4()), target_id=7, rendered=rendered,
-            failures=[], dedupe_window_s=0, make_events=lambda rows: None)
-    return [r["id"] for r in rows]
+            failures=[], dedupe_window_s=0, events=False)
+    return done.ids
 
 
 def _bearer(token: str) -> dict[str, str]:

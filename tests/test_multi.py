@@ -60,6 +60,11 @@ async def test_retried_multi_webhook_notifies_each_user_once(
     assert await _count(pool, "SELECT count(*) FROM notifications") == 1200
     assert await _count(pool, "SELECT count(DISTINCT user_id) FROM notifications") == 1200
     assert len(events) == 1200 == len({e[6] for e in events})
+    app_id, nid, status, name, target, ts, object_id, identity, request_id = events[0]
+    assert (app_id, status, name, target) == (app["app_id"], "SENT", "My First Campaign",
+                                              1700000001)
+    assert isinstance(nid, int) and isinstance(ts, int) and ts > 1_700_000_000
+    assert object_id == "__g" + identity[len("crm-"):] and request_id in ids
 
 
 async def test_redelivered_chunks_and_jobs_add_nothing(

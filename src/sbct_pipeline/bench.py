@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -132,6 +133,7 @@ class Bench:
     rows: list[Row] = field(default_factory=list)
     procs: list[Proc] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    retries: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.scale = Scale.of(self.quick)
@@ -265,6 +267,20 @@ class Bench:
             raw = await r.read()
             return r.status, orjson.loads(raw) if raw else None
 
+    async def webhook(self, path: str, body: bytes, token: str) -> tuple[int, Any]:
+        """POST a webhook as CleverTap does: a 503 or 429 is retried after Retry-After."""
+        for _ in range(60):
+            t0 = time.perf_counter()
+            headers = {"Content-Type": "application/json", "Api-token": token}
+            async with self.http.post(self.url + path, data=body, headers=headers) as r:
+                raw = await r.read()
+                if r.status not in (429, 503):
+                    return r.status, orjson.loads(raw) if raw else None
+                self.retries[r.status] = self.retries.get(r.status, 0) + 1
+                wait = float(r.headers.get("Retry-After", "1"))
+            await asyncio.sleep(max(0.0, wait - (time.perf_counter() - t0)))
+        raise RuntimeError(f"{path}: still refused after 60 retries")
+
     async def new_app(self, *, callback: bool) -> dict[str, Any]:
         """An app with template ``bench`` ("Hi {name}" / "Order {order_id} shipped")."""
         status, app = await self.call("POST", "/v1/apps", {"name": "bench"}, admin=True)
@@ -396,8 +412,20 @@ async def section_ingress(b: Bench) -> None:
     # Warm both (connections, caches), then measure them in turn.
     await _load(b, f"http://127.0.0.1:{mport}/", headers, 1.0, bodies)
     await _load(b, b.url + SINGLE, headers, 1.0, bodies)
-    m_rate, m_lat, m_err = await _load(b, f"http://127.0.0.1:{mport}/", headers, secs, bodies)
-    i_rate, i_lat, i_err = await _load(b, b.url + SINGLE, headers, secs, bodies)
+    # Four alternating rounds each, so a burst of load from elsewhere on the machine hits
+    # both sides alike rather than one of them.
+    m_n = i_n = m_err = i_err = 0
+    m_t = i_t = 0.0
+    m_lat: list[float] = []
+    i_lat: list[float] = []
+    for _ in range(4):
+        rate, lat, err = await _load(b, f"http://127.0.0.1:{mport}/", headers, secs / 4, bodies)
+        m_n, m_t, m_err = m_n + len(lat), m_t + len(lat) / rate, m_err + err
+        m_lat += lat
+        rate, lat, err = await _load(b, b.url + SINGLE, headers, secs / 4, bodies)
+        i_n, i_t, i_err = i_n + len(lat), i_t + len(lat) / rate, i_err + err
+        i_lat += lat
+    m_rate, i_rate = m_n / m_t, i_n / i_t
     ratio = i_rate / m_rate if m_rate else 0.0
     b.row("ingress", "single webhooks/s (64 connections)", f"{i_rate:,.0f}", f"{m_rate:,.0f}",
           f"{ratio:.2f}", ">= 0.8", ratio >= 0.8)
@@ -417,7 +445,7 @@ async def section_ingress(b: Bench) -> None:
 async def _probe(b: Bench, token: str, app_id: str, user: str) -> float:
     """Webhook -> feed row latency of one single webhook, in seconds."""
     t0 = time.perf_counter()
-    status, body = await b.call("POST", SINGLE, single_body(user), token=token)
+    status, body = await b.webhook(SINGLE, single_body(user), token)
     if status != 200:
         raise RuntimeError(f"probe webhook answered {status}: {body}")
     # Polling is the measurement here (no notification to wait on): 2 ms resolution.
@@ -425,6 +453,31 @@ async def _probe(b: Bench, token: str, app_id: str, user: str) -> float:
             "SELECT 1 FROM notifications WHERE app_id = $1 AND user_id = $2", app_id, user):
         await asyncio.sleep(0.002)
     return time.perf_counter() - t0
+
+
+async def _copy_baseline(b: Bench, app_id: str, target: int, name: str) -> float:
+    """Seconds to COPY the campaign's rows, rendered, into a copy of the notifications table.
+
+    The copy has every index and constraint of the real one (``LIKE ... INCLUDING ALL``);
+    building the rows in Python is not timed, encoding and sending them is.
+    """
+    sc = b.scale
+    rows = [(app_id, f"u{i}", uuid.UUID(int=i // sc.per_webhook), "bench", target,
+             "Bench Campaign", f"__gu{i}", f"crm-{i}", "Hi Ana", "Order A-17 shipped")
+            for i in range(sc.users)]
+    cols = ["app_id", "user_id", "request_id", "template_key", "target_id", "event_name",
+            "object_id", "identity", "title", "body"]  # data: NULL, as in the campaign
+    table = f"notifications_copy_{name}"
+    async with b.pool.acquire() as conn:
+        await conn.execute(f"CREATE TABLE {table} (LIKE notifications INCLUDING ALL)")
+        await conn.execute("CHECKPOINT")
+        t0 = time.perf_counter()
+        for i in range(0, len(rows), 100_000):
+            await conn.copy_records_to_table(table, records=rows[i : i + 100_000],
+                                             columns=cols)
+        elapsed = time.perf_counter() - t0
+        await conn.execute(f"DROP TABLE {table}")
+    return elapsed
 
 
 async def section_fanout(b: Bench) -> None:
@@ -439,6 +492,7 @@ async def section_fanout(b: Bench) -> None:
     ptok, pid = probe_app["api_token"], probe_app["app_id"]
 
     idle = [await _probe(b, ptok, pid, f"idle-{i}") for i in range(sc.idle_probes)]
+    copy_before = await _copy_baseline(b, campaign["app_id"], 1_700_000_000, "before")
 
     target = 1_700_000_000
     hooks = sc.users // sc.per_webhook
@@ -452,7 +506,7 @@ async def section_fanout(b: Bench) -> None:
             body = await asyncio.to_thread(multi_body, target, k * sc.per_webhook,
                                            sc.per_webhook)
             t0 = time.perf_counter()
-            status, res = await b.call("POST", MULTI, body, token=campaign["api_token"])
+            status, res = await b.webhook(MULTI, body, campaign["api_token"])
             if status != 200:
                 raise RuntimeError(f"multi webhook {k} answered {status}: {res}")
             accept_s.append(time.perf_counter() - t0)
@@ -481,8 +535,8 @@ async def section_fanout(b: Bench) -> None:
             "SELECT count(*) FROM notifications WHERE app_id = $1", campaign["app_id"])
     draining.set()
     await probe_task
-    last = await b.pool.fetchval(
-        "SELECT max(created_at) FROM notifications WHERE app_id = $1",
+    first, last = await b.pool.fetchrow(
+        "SELECT min(created_at), max(created_at) FROM notifications WHERE app_id = $1",
         campaign["app_id"])
     exported = 0
     while exported < stored and time.perf_counter() - p_first < timeout * 2:
@@ -493,36 +547,29 @@ async def section_fanout(b: Bench) -> None:
     rss = max(peak_rss_mb(w.popen.pid) for w in workers)
     await b.stop_all()
 
-    # The baseline: the same rows, rendered, COPYed into an identical table.
-    rows = [(campaign["app_id"], f"u{i}", uuid.UUID(int=i // sc.per_webhook), "bench", target,
-             "Bench Campaign", f"__gu{i}", f"crm-{i}", "Hi Ana", "Order A-17 shipped")
-            for i in range(sc.users)]
-    cols = ["app_id", "user_id", "request_id", "template_key", "target_id", "event_name",
-            "object_id", "identity", "title", "body"]  # data: NULL, as in the campaign
-    async with b.pool.acquire() as conn:
-        await conn.execute("CREATE TABLE notifications_copy (LIKE notifications INCLUDING ALL)")
-        await conn.execute("CHECKPOINT")
-        c0 = time.perf_counter()
-        for i in range(0, len(rows), 100_000):
-            await conn.copy_records_to_table("notifications_copy", records=rows[i:i + 100_000],
-                                             columns=cols)
-        copy_s = time.perf_counter() - c0
-    del rows
-    copy_rate = sc.users / copy_s
+    copy_s = [copy_before, await _copy_baseline(b, campaign["app_id"], target, "after")]
+    copy_rate = sc.users / statistics.mean(copy_s)
     drain_s = (last - datetime.fromtimestamp(t_first, UTC)).total_seconds()
-    rate = stored / drain_s if drain_s > 0 else 0.0
+    span_s = (last - first).total_seconds()
+    rate = stored / span_s if span_s > 0 else 0.0
     ratio = rate / copy_rate
-    b.row("fanout", f"deliveries/s ({stored:,} users, {b.workers} workers)", f"{rate:,.0f}",
-          f"{copy_rate:,.0f} COPY", f"{ratio:.2f}", ">= 50,000; >= 0.3",
+    b.row("fanout", f"deliveries/s, first to last row ({stored:,} users, {b.workers} workers)",
+          f"{rate:,.0f}", f"{copy_rate:,.0f} COPY", f"{ratio:.2f}", ">= 50,000; >= 0.3",
           rate >= 50_000 and ratio >= 0.3)
+    b.notes.append("fanout: COPY of the same rows into an identical table took "
+                   f"{copy_s[0]:.1f} s before and {copy_s[1]:.1f} s after the campaign; the "
+                   "baseline is their mean")
     b.row("fanout", "first webhook -> last feed row (s)", f"{drain_s:.1f}",
-          f"{copy_s:.1f} COPY")
+          f"{statistics.mean(copy_s):.1f} COPY")
     b.row("fanout", f"first webhook -> last SENT at sim (s), {exported:,} events",
           f"{t_sent:.1f}")
     b.row("fanout", f"{hooks} multi webhooks accepted in (s)", f"{p_sent - p_first:.1f}")
     b.row("fanout", "multi webhook answer p50 / p99 (ms)",
           f"{pct(accept_s, 50) * 1000:.0f} / {pct(accept_s, 99) * 1000:.0f}")
     b.row("fanout", "worker peak RSS (MB)", f"{rss:.0f}", target="< 300", met=rss < 300)
+    if b.retries:
+        b.notes.append("fanout: webhooks answered 503/429 and retried after Retry-After, as "
+                       f"CleverTap does: {b.retries}")
     b.row("single", f"webhook -> feed row p50, while draining (ms, n={len(busy)})",
           f"{pct(busy, 50) * 1000:.0f}", f"{pct(idle, 50) * 1000:.0f} idle")
     p99 = pct(busy, 99) * 1000

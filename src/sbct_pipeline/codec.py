@@ -214,12 +214,31 @@ class Job:
             "recipients": [r.to_wire() for r in self.recipients],
         })
 
+    @staticmethod
+    def split(body: bytes, size: int) -> tuple[JobHead, list[bytes]]:
+        """A job's encoded chunks of ``size`` recipients (chunk ``i`` numbered ``i``)."""
+        d = orjson.loads(body)
+        recipients = d.pop("recipients")
+        head = JobHead(d["request_id"], d["app_id"], d["target_id"], len(recipients))
+        return head, [orjson.dumps({**d, "chunk": n, "recipients": recipients[i : i + size]})
+                      for n, i in enumerate(range(0, len(recipients), size))]
+
     @classmethod
     def decode(cls, body: bytes) -> Job:
         d = orjson.loads(body)
         return cls(request_id=d["request_id"], app_id=d["app_id"], target_id=d["target_id"],
                    recipients=[Recipient.from_wire(r) for r in d["recipients"]],
                    received_at=d["received_at"], chunk=d.get("chunk", 0))
+
+
+@dataclass(frozen=True, slots=True)
+class JobHead:
+    """A job's identity without its recipients."""
+
+    request_id: str
+    app_id: str
+    target_id: int
+    users: int
 
 
 @dataclass(slots=True)

@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import importlib.resources
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -326,9 +326,13 @@ NOTIFICATION_COLUMNS = ("id, template_key, title, body, data, target_id, created
 # LISTEN/NOTIFY channel of the real-time feed streams (see stream.py for why NOTIFY).
 FEED_CHANNEL = "sbct_feed"
 
-# One statement per chunk: content dedupe (CleverTap's retried webhooks) and the feed insert
-# (broker redeliveries: unique per request and user). Only rows actually inserted come back,
-# so SENT events are emitted exactly for them.
+# One statement per chunk, so one round trip and its own transaction: content dedupe
+# (CleverTap's retried webhooks), the feed insert (broker redeliveries: unique per request and
+# user), the chunk's SENT events built by PostgreSQL from the rows actually inserted and written
+# to the outbox, and the feed streams' NOTIFY (sent only if the statement commits). No Python
+# work per inserted row: the events payload comes back as bytes, ready to publish.
+# The payload is a JSON array of Event wire lists (codec.Event.to_wire); ``ts`` is the row's
+# created_at in whole epoch seconds; rows with neither objectId nor identity get no event.
 _DELIVER_SQL = """
 WITH input AS (
     SELECT * FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
@@ -336,20 +340,38 @@ WITH input AS (
         AS t(user_id, template_key, event_name, object_id, identity, title, body, data)
 ), fresh AS (
     INSERT INTO dedupe AS d (app_id, target_id, user_id, template_key, request_id, seen_at)
-    SELECT $1, $3, user_id, template_key, $2, now() FROM input
+    SELECT $1::text, $3::bigint, user_id, template_key, $2::uuid, now() FROM input
     ON CONFLICT (app_id, target_id, user_id, template_key) DO UPDATE
         SET request_id = excluded.request_id, seen_at = excluded.seen_at
-        WHERE d.seen_at < now() - make_interval(secs => $12)
+        WHERE d.seen_at < now() - make_interval(secs => $12::float8)
     RETURNING user_id, template_key
+), ins AS (
+    INSERT INTO notifications (app_id, request_id, target_id, user_id, template_key,
+                               event_name, object_id, identity, title, body, data)
+    SELECT $1::text, $2::uuid, $3::bigint, i.user_id, i.template_key, i.event_name,
+           i.object_id, i.identity, i.title, i.body, i.data
+    FROM input i JOIN fresh f USING (user_id, template_key)
+    ON CONFLICT (app_id, request_id, user_id, template_key) DO NOTHING
+    RETURNING id, event_name, object_id, identity, created_at
+), events AS (
+    SELECT json_agg(json_build_array($1::text, id, 'SENT', event_name, $3::bigint,
+                                     floor(extract(epoch FROM created_at))::bigint,
+                                     object_id, identity, $2::uuid::text) ORDER BY id) AS payload
+    FROM ins WHERE $13::boolean AND (object_id IS NOT NULL OR identity IS NOT NULL)
+), ob AS (
+    INSERT INTO outbox (app_id, payload)
+    SELECT $1::text, convert_to(payload::text, 'UTF8') FROM events WHERE payload IS NOT NULL
+    RETURNING id, payload
+), done AS (
+    SELECT count(*) AS n, min(id) AS lo, max(id) AS hi, array_agg(id ORDER BY id) AS ids,
+           count(*) FILTER (WHERE object_id IS NULL AND identity IS NULL) AS no_identifier
+    FROM ins
 )
-INSERT INTO notifications (app_id, request_id, target_id, user_id, template_key, event_name,
-                           object_id, identity, title, body, data)
-SELECT $1, $2, $3, i.user_id, i.template_key, i.event_name, i.object_id, i.identity,
-       i.title, i.body, i.data
-FROM input i JOIN fresh f USING (user_id, template_key)
-ON CONFLICT (app_id, request_id, user_id, template_key) DO NOTHING
-RETURNING id, user_id, template_key, event_name, object_id, identity, target_id, title, body,
-          data, created_at
+SELECT done.n, done.ids, done.no_identifier, ob.id AS outbox_id, ob.payload,
+       CASE WHEN done.n > 0 THEN pg_notify($14::text, json_build_object(
+           'a', $1::text, 'r', $2::uuid::text, 'lo', done.lo, 'hi', done.hi)::text)
+       END AS notified
+FROM done LEFT JOIN ob ON true
 """
 
 _FAILURES_SQL = """
@@ -373,38 +395,43 @@ class Rendered:
     data: Any
 
 
+@dataclass(slots=True)
+class Delivered:
+    """What one batch did: rows inserted, and the outbox row holding their SENT events."""
+
+    inserted: int = 0
+    ids: list[int] = field(default_factory=list)
+    no_identifier: int = 0
+    outbox_id: int | None = None
+    payload: bytes | None = None
+
+
 async def deliver_batch(
     conn: asyncpg.Connection, *, app_id: str, request_id: str, target_id: int,
     rendered: Sequence[Rendered], failures: Sequence[tuple[str, str, str]],
-    dedupe_window_s: float, make_events: Any,
-) -> tuple[list[asyncpg.Record], int | None, bytes | None]:
-    """Insert a batch in one transaction; returns (inserted rows, outbox id, payload).
-
-    ``make_events(rows)`` turns the inserted rows into the events payload (bytes) or None;
-    the payload is written to the outbox in the same transaction (see CONTRACT 9).
-    """
-    async with guard("deliver batch"), conn.transaction():
-        rows: list[asyncpg.Record] = []
+    dedupe_window_s: float, events: bool,
+) -> Delivered:
+    """Insert a batch atomically, its SENT events (``events``: callback on) in the outbox."""
+    out = Delivered()
+    async with guard("deliver batch"), contextlib.AsyncExitStack() as stack:
+        if failures:  # rare: two statements, so an explicit transaction
+            await stack.enter_async_context(conn.transaction())
+            await conn.execute(_FAILURES_SQL, app_id, request_id, target_id,
+                               [f[0] for f in failures], [f[1] for f in failures],
+                               [f[2] for f in failures])
         if rendered:
-            rows = list(await conn.fetch(
+            row = await conn.fetchrow(
                 _DELIVER_SQL, app_id, request_id, target_id,
                 [r.user_id for r in rendered], [r.template_key for r in rendered],
                 [r.event_name for r in rendered], [r.object_id for r in rendered],
                 [r.identity for r in rendered], [r.title for r in rendered],
-                [r.body for r in rendered], [r.data for r in rendered], dedupe_window_s))
-        if failures:
-            await conn.execute(_FAILURES_SQL, app_id, request_id, target_id,
-                               [f[0] for f in failures], [f[1] for f in failures],
-                               [f[2] for f in failures])
-        outbox_id = None
-        payload = make_events(rows) if rows else None
-        if payload is not None:
-            outbox_id = await conn.fetchval(
-                "INSERT INTO outbox (app_id, payload) VALUES ($1, $2) RETURNING id",
-                app_id, payload)
-        if rows:
-            await notify_feed(conn, app_id, request_id, rows)
-    return rows, outbox_id, payload
+                [r.body for r in rendered], [r.data for r in rendered], dedupe_window_s,
+                events, FEED_CHANNEL)
+            out.inserted, out.no_identifier = int(row["n"]), int(row["no_identifier"])
+            out.ids = list(row["ids"] or ())
+            out.outbox_id = row["outbox_id"]
+            out.payload = bytes(row["payload"]) if row["payload"] is not None else None
+    return out
 
 
 async def notify_feed(conn: asyncpg.Connection, app_id: str, request_id: str,

@@ -129,7 +129,7 @@ async def _all_delivered(stack: Stack, pool: asyncpg.Pool, users: int) -> dict[s
         stats = await stack.sim_stats()
         return stats if rows >= users and stats["unique"] >= users else None
 
-    stats: dict[str, Any] = await eventually(done, timeout=90, interval=0.25)
+    await eventually(done, timeout=90, interval=0.25)
     await asyncio.sleep(1.5)  # stragglers (a duplicate would arrive now) are counted too
     return await stack.sim_stats()
 
