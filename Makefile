@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint fmt dev dev-down bench clean services
+.PHONY: install run test lint fmt dev dev-down bench clean services browser vendor-uplot
 
 install: $(STAMP)
 
@@ -21,6 +21,21 @@ run: install
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The dashboard tests drive Debian's chromium headless; installs it when missing (needs root
+# and apt, as in CI). Does nothing when chromium is already there.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+
+# Re-vendor the dashboard's chart library from the npm registry (needs npm).
+UPLOT_VERSION ?= 1.6.32
+vendor-uplot:
+	rm -rf build/uplot && mkdir -p build/uplot
+	cd build/uplot && npm pack --silent uplot@$(UPLOT_VERSION) && tar xzf uplot-$(UPLOT_VERSION).tgz
+	cp build/uplot/package/dist/uPlot.iife.min.js build/uplot/package/dist/uPlot.min.css \
+	  src/sbct_pipeline/dashboard_static/vendor/
+	cp build/uplot/package/LICENSE src/sbct_pipeline/dashboard_static/vendor/uPlot.LICENSE.txt
+	sha256sum build/uplot/uplot-$(UPLOT_VERSION).tgz
 
 lint: install
 	$(BIN)/ruff check src tests

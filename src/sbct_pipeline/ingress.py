@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from aiolimiter import AsyncLimiter
 
-from . import api, logs, metrics, openapi, storage, stream
+from . import api, dashboard, logs, metrics, openapi, storage, stream
 from .auth import Authenticator
 from .broker import Broker
 from .codec import Job, Webhook, parse_webhook
@@ -242,5 +242,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
     api.add_routes(app)
+    dashboard.add_routes(app)
     openapi.add_routes(app)
     return app
