@@ -19,8 +19,12 @@ from .conftest import ADMIN_TOKEN, Api, eventually, webhook
 
 
 @pytest.fixture
-async def page() -> AsyncIterator[Page]:
-    """A fresh headless chromium tab; the test fails if the page logged an error."""
+async def page(ingress: Api) -> AsyncIterator[Page]:
+    """A fresh headless chromium tab; the test fails if the page logged an error.
+
+    It depends on ``ingress`` so the server outlives the tab (a late favicon request to a
+    stopped server would log an error).
+    """
     exe = chromium_path()
     if exe is None:
         pytest.fail("chromium is not installed: run `make browser` (apt-get install chromium) "
@@ -67,6 +71,17 @@ async def test_sign_in_apps_and_integration(page: Page, ingress: Api) -> None:
     await page.wait_for("document.querySelector('table caption')?.textContent"
                         ".startsWith('1 app')")
     await page.screenshot("dashboard-apps")
+
+    # Rotation: a second token is shown once too, and works beside the first.
+    await page.click_button("New token")
+    await page.wait_for("[...document.querySelectorAll('#main .status.ok')]"
+                        ".some(s => s.textContent.startsWith('Issued a new token'))")
+    rotated = await page.evaluate(
+        "document.querySelectorAll('#token-panel input')[1].value")
+    assert rotated != token and rotated.startswith("sbct_")
+    for t in (token, rotated):
+        status, _ = await ingress.call("GET", "/v1/templates", token=t)
+        assert status == 200
 
     await page.click('a[href="#integrations"]')
     await page.wait_for("document.querySelector('h1')?.textContent.startsWith('Integrations')")
