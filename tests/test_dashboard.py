@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import yarl
 
 from sbct_pipeline.dashboard import fill_series
 
@@ -33,8 +34,14 @@ async def test_pages_are_served_with_a_strict_policy(ingress: Api) -> None:
             assert r.headers["X-Content-Type-Options"] == "nosniff"
             if name.endswith(".js"):
                 assert r.content_type in ("application/javascript", "text/javascript"), name
-    async with ingress.session.get(ingress.base + "/dashboard/static/../dashboard.py") as r:
-        assert r.status == 404
+    # Nothing outside the dashboard's directory, even with encoded dots and slashes (the
+    # repository's README.md is three levels up from it in a source checkout).
+    for bad in ("..%2F..%2F..%2FREADME.md", "%2E%2E/%2E%2E/%2E%2E/README.md",
+                "..%2Fdashboard.py", "js/nope.js"):
+        url = yarl.URL(f"{ingress.base}/dashboard/static/{bad}", encoded=True)
+        async with ingress.session.get(url) as r:
+            body = await r.json()
+            assert r.status == 404 and body["error"]["code"] == "not_found", bad
 
 
 def test_files_are_package_data() -> None:

@@ -187,8 +187,45 @@ _COMPONENTS: S = {
         }, required=["request_id", "accepted", "rejected"]),
         "Health": _obj({"status": _STR, "problems": {"type": "object"}}, required=["status"],
                        extra=True),
+        # Dashboard (routes in dashboard.py).
+        "AppSummary": _obj({"app_id": _STR, "name": _STR, "created_at": _TIME,
+                            "tokens": {"type": "integer", "minimum": 0},
+                            "event_callback": {"type": ["boolean", "null"],
+                                               "description": "null: no integration yet"}}),
+        "AppList": _obj({"apps": {"type": "array", "items": _ref("AppSummary")}}),
+        "Campaign": _obj({
+            "target_id": {"type": "integer"}, "sent": {"type": "integer"},
+            "read": {"type": "integer"}, "failed": {"type": "integer"},
+            "read_rate": {"type": "number", "minimum": 0, "maximum": 1},
+            "first_at": {"type": ["string", "null"]}, "last_at": {"type": ["string", "null"]},
+        }),
+        "CampaignList": _obj({"campaigns": {"type": "array", "items": _ref("Campaign")}}),
+        "Series": _obj({
+            "target_id": {"type": "integer"},
+            "bucket": {"type": "string", "enum": ["minute", "hour", "day"]},
+            "points": {"type": "array", "items": _obj({
+                "t": {"type": "integer", "description": "bucket start, Unix seconds (UTC)"},
+                "sent": {"type": "integer"}, "read": {"type": "integer"},
+                "failed": {"type": "integer"}})},
+        }),
     },
 }
+
+
+def _limit(hi: int, default: int) -> S:
+    return {"name": "limit", "in": "query", "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": hi, "default": default}}
+
+
+def _page(op_id: str, summary: str, content_types: tuple[str, ...], *,
+          params: list[S] | None = None) -> S:
+    """A dashboard page or file: no API credentials (the page asks for the admin token)."""
+    op = _op(op_id, summary, 200, None, errors=(404,) if params else (), security=None,
+             params=params, tag="dashboard")
+    op["responses"]["200"]["content"] = {t: {"schema": {"type": "string"}}
+                                         for t in content_types}
+    op["responses"].pop("400", None)  # no parameter is parsed, only looked up
+    return op
 
 _BODY_ERR = (400, 401, 413, 415)
 
@@ -200,10 +237,14 @@ PATHS: S = {
         "webhookMulti", "Campaign webhook (large profile lists)", 200,
         _ref("WebhookAccepted"), errors=_BODY_ERR, security="app", body=_ref("Webhook"),
         tag="webhooks")},
-    "/v1/apps": {"post": _op(
-        "createApp", "Create an app; its first API token is shown once", 201,
-        _ref("AppCreated"), errors=_BODY_ERR, security="admin", body=_ref("AppCreate"),
-        tag="admin")},
+    "/v1/apps": {
+        "post": _op("createApp", "Create an app; its first API token is shown once", 201,
+                    _ref("AppCreated"), errors=_BODY_ERR, security="admin",
+                    body=_ref("AppCreate"), tag="admin"),
+        "get": _op("listApps", "Every app, newest first, with token count and event callback "
+                   "(dashboard)", 200, _ref("AppList"), errors=(401,), security="admin",
+                   params=[_limit(1000, 1000)], tag="dashboard"),
+    },
     "/v1/apps/{app_id}": {"get": _op(
         "getApp", "Read an app", 200, _ref("App"), errors=(401, 404), security="admin",
         params=[_APP], tag="admin")},
@@ -264,6 +305,26 @@ PATHS: S = {
     "/v1/campaigns/{target_id}/stats": {"get": _op(
         "campaignStats", "Sent, read, failed and read rate of a campaign or journey", 200,
         _ref("Stats"), errors=(400, 401), security="app", params=[_TARGET], tag="stats")},
+    "/v1/campaigns": {"get": _op(
+        "listCampaigns", "The app's campaigns with sent, read, failed and read rate, most "
+        "recent activity first (dashboard)", 200, _ref("CampaignList"), errors=(400, 401),
+        security="app", params=[_limit(500, 50)], tag="dashboard")},
+    "/v1/campaigns/{target_id}/series": {"get": _op(
+        "campaignSeries", "Sent, read and failed per UTC time bucket, gaps zero-filled, the "
+        "newest `limit` buckets (dashboard chart)", 200, _ref("Series"), errors=(400, 401),
+        security="app", params=[_TARGET, {
+            "name": "bucket", "in": "query", "required": False,
+            "schema": {"type": "string", "enum": ["minute", "hour", "day"],
+                       "default": "minute"}}, _limit(1440, 1440)], tag="dashboard")},
+    "/dashboard": {"get": _page("dashboardRedirect", "Redirects (308) to /dashboard/",
+                                ("text/html",))},
+    "/dashboard/": {"get": _page("dashboard", "The web dashboard (asks for the admin token)",
+                                 ("text/html",))},
+    "/dashboard/static/{path}": {"get": _page(
+        "dashboardFile", "A file of the dashboard (scripts, styles, the vendored chart)",
+        ("text/javascript", "text/css", "image/svg+xml", "text/plain", "text/markdown",
+         "text/html"),
+        params=[_path("path", {"type": "string"}, "file path under the dashboard")])},
     "/healthz": {"get": _op("healthz", "Process alive", 200, _ref("Health"), errors=(),
                             security=None, tag="operations")},
     "/readyz": {"get": _op("readyz", "Broker and database reachable", 200, _ref("Health"),
@@ -278,6 +339,7 @@ PATHS: S = {
 PATHS["/readyz"]["get"]["responses"]["503"] = {
     "description": "a dependency is down", "content": {"application/json": {
         "schema": _ref("Health")}}}
+PATHS["/dashboard"]["get"]["responses"]["308"] = {"description": "to /dashboard/"}
 # putTemplate answers 201 when it created the template.
 PATHS["/v1/templates/{key}"]["put"]["responses"]["201"] = {
     "description": "created", "content": {"application/json": {"schema": _ref("Template")}}}
