@@ -352,7 +352,8 @@ async def test_no_credential_of_app_b_reaches_app_a_on_any_route(
     markers = ["SECRET-A", "PROJ-A", "AIL9", a["app_id"], a["token_id"], a["api_token"],
                a_session["token"]]
     params = {"app_id": a["app_id"], "key": "a_tpl", "user_id": "ua", "id": str(nid),
-              "target_id": "4242", "token_id": a["token_id"]}
+              "target_id": "4242", "token_id": a["token_id"],
+              "path": "js/main.js"}  # a dashboard file: public, holds nothing of any app
     bodies: dict[str, Any] = {
         "/v1/apps": {"name": "b-made"},
         "/v1/apps/{app_id}/integrations/clevertap": {"event_callback": False},
