@@ -57,13 +57,26 @@ def _json_codec(conn: asyncpg.Connection) -> Any:
                                decoder=orjson.loads, schema="pg_catalog")
 
 
-async def create_pool(settings: Settings, *, min_size: int = 2) -> asyncpg.Pool:
-    """Open a pool; fails with StorageUnavailable naming the URL when PostgreSQL is down."""
+async def _rollback_only(conn: asyncpg.Connection) -> None:
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+async def create_pool(settings: Settings, *, min_size: int = 2,
+                      light_reset: bool = False) -> asyncpg.Pool:
+    """Open a pool; fails with StorageUnavailable naming the URL when PostgreSQL is down.
+
+    ``light_reset``: on release, only roll back a transaction left open, instead of asyncpg's
+    full reset query (a round trip per release: 6 % of a worker's time in the fan-out
+    profile). Only for processes whose connections never LISTEN, SET or take advisory locks
+    (workers and the callback consumer).
+    """
     try:
         async with asyncio.timeout(15):
             pool = await asyncpg.create_pool(
                 settings.database_url, min_size=min(min_size, settings.db_pool_size),
-                max_size=settings.db_pool_size, init=_json_codec, command_timeout=60)
+                max_size=settings.db_pool_size, init=_json_codec, command_timeout=60,
+                reset=_rollback_only if light_reset else None)
     except (*_TRANSIENT, asyncpg.exceptions.InvalidCatalogNameError) as exc:
         raise StorageUnavailable(
             f"cannot reach PostgreSQL at {_public_url(settings.database_url)}: {exc}") from exc
