@@ -25,9 +25,11 @@ to ``clevertap-sim``): write ``async def my_section(b: Bench) -> None`` that use
 :class:`Bench` offers (``b.settings``/``b.env`` for this run's database and prefix,
 ``b.spawn(...)``/``b.start_workers(n)``/``b.start_callbacks()`` for processes,
 ``b.new_app(callback=...)`` for an app with a template, ``b.http``, ``b.pool``,
-``b.sim_url``, ``b.quick``) and reports with ``b.row(section, metric, value, ...)``; then
-append ``("export", my_section)`` to :data:`SECTIONS`. ``--only NAME`` runs one section.
-Processes a section starts are stopped by :meth:`Bench.stop_all` between sections.
+``b.sim_url``, ``b.quick``, ``b.webhook(...)`` which retries 503/429 like CleverTap) and
+reports with ``b.row(section, metric, value, baseline, ratio, target, met)``; then append
+``("export", my_section)`` to :data:`SECTIONS`. ``--only NAME`` runs one section. Processes a
+section starts are stopped by :meth:`Bench.stop_all` between sections. The table goes to
+``--out`` (``docs/benchmarks.md``); text from an ``## Analysis`` heading on is kept.
 """
 
 from __future__ import annotations
@@ -577,6 +579,7 @@ async def section_fanout(b: Bench) -> None:
           f"{pct(idle, 99) * 1000:.0f} idle", target="< 250", met=p99 < 250)
 
 
+ANALYSIS = "## Analysis"
 Section = Callable[[Bench], Awaitable[None]]
 SECTIONS: list[tuple[str, Section]] = [
     ("ingress", section_ingress),
@@ -622,7 +625,10 @@ async def run_bench(args: argparse.Namespace, settings: Settings,
         print(f"note: {n}")
     if args.out:
         b.out.parent.mkdir(parents=True, exist_ok=True)
-        b.out.write_text(_render_doc(b, started, argv))
+        # A hand-written analysis below the table (from its heading on) survives a rerun.
+        old = b.out.read_text() if b.out.exists() else ""
+        kept = old[old.index(ANALYSIS):] if ANALYSIS in old else ""
+        b.out.write_text(_render_doc(b, started, argv) + ("\n" + kept if kept else ""))
         print(f"written to {b.out}")
     return b
 
