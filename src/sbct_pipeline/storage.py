@@ -348,15 +348,16 @@ FEED_CHANNEL = "sbct_feed"
 # created_at in whole epoch seconds; rows with neither objectId nor identity get no event.
 _DELIVER_SQL = """
 WITH input AS (
-    SELECT * FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                         $9::text[], $10::text[], $11::jsonb[])
-        AS t(user_id, template_key, event_name, object_id, identity, title, body, data)
+    SELECT u AS user_id, k AS template_key, e AS event_name, o AS object_id, i AS identity,
+           t AS title, b AS body, d AS data
+    FROM json_to_recordset($4::json)
+        AS r(u text, k text, e text, o text, i text, t text, b text, d jsonb)
 ), fresh AS (
     INSERT INTO dedupe AS d (app_id, target_id, user_id, template_key, request_id, seen_at)
     SELECT $1::text, $3::bigint, user_id, template_key, $2::uuid, now() FROM input
     ON CONFLICT (app_id, target_id, user_id, template_key) DO UPDATE
         SET request_id = excluded.request_id, seen_at = excluded.seen_at
-        WHERE d.seen_at < now() - make_interval(secs => $12::float8)
+        WHERE d.seen_at < now() - make_interval(secs => $5::float8)
     RETURNING user_id, template_key
 ), ins AS (
     INSERT INTO notifications (app_id, request_id, target_id, user_id, template_key,
@@ -370,7 +371,7 @@ WITH input AS (
     SELECT json_agg(json_build_array($1::text, id, 'SENT', event_name, $3::bigint,
                                      floor(extract(epoch FROM created_at))::bigint,
                                      object_id, identity, $2::uuid::text) ORDER BY id) AS payload
-    FROM ins WHERE $13::boolean AND (object_id IS NOT NULL OR identity IS NOT NULL)
+    FROM ins WHERE $6::boolean AND (object_id IS NOT NULL OR identity IS NOT NULL)
 ), ob AS (
     INSERT INTO outbox (app_id, payload)
     SELECT $1::text, convert_to(payload::text, 'UTF8') FROM events WHERE payload IS NOT NULL
@@ -381,7 +382,7 @@ WITH input AS (
     FROM ins
 )
 SELECT done.n, done.ids, done.no_identifier, ob.id AS outbox_id, ob.payload,
-       CASE WHEN done.n > 0 THEN pg_notify($14::text, json_build_object(
+       CASE WHEN done.n > 0 THEN pg_notify($7::text, json_build_object(
            'a', $1::text, 'r', $2::uuid::text, 'lo', done.lo, 'hi', done.hi)::text)
        END AS notified
 FROM done LEFT JOIN ob ON true
@@ -433,13 +434,14 @@ async def deliver_batch(
                                [f[0] for f in failures], [f[1] for f in failures],
                                [f[2] for f in failures])
         if rendered:
-            row = await conn.fetchrow(
-                _DELIVER_SQL, app_id, request_id, target_id,
-                [r.user_id for r in rendered], [r.template_key for r in rendered],
-                [r.event_name for r in rendered], [r.object_id for r in rendered],
-                [r.identity for r in rendered], [r.title for r in rendered],
-                [r.body for r in rendered], [r.data for r in rendered], dedupe_window_s,
-                events, FEED_CHANNEL)
+            # The batch travels as one JSON document (orjson, then PostgreSQL's parser, both
+            # C) rather than eight arrays: asyncpg's array encoder checks every element
+            # against abstract base classes, 20 % of a worker's time in the fan-out profile.
+            batch = orjson.dumps([{"u": r.user_id, "k": r.template_key, "e": r.event_name,
+                                   "o": r.object_id, "i": r.identity, "t": r.title,
+                                   "b": r.body, "d": r.data} for r in rendered]).decode()
+            row = await conn.fetchrow(_DELIVER_SQL, app_id, request_id, target_id, batch,
+                                      dedupe_window_s, events, FEED_CHANNEL)
             out.inserted, out.no_identifier = int(row["n"]), int(row["no_identifier"])
             out.ids = list(row["ids"] or ())
             out.outbox_id = row["outbox_id"]
