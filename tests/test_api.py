@@ -116,6 +116,13 @@ async def test_session_token_reads_and_marks_only_its_user(ingress: Api,
         assert status == 403 and err["error"]["code"] == "wrong_user", path
     assert await pool.fetchval("SELECT count(*) FROM notifications WHERE user_id = 'bob'"
                                " AND read_at IS NULL") == 1
+    # EventSource clients pass the session token in the query; the same scope applies.
+    status, err = await ingress.call(
+        "GET", f"/v1/users/bob/notifications/stream?access_token={st['token']}")
+    assert status == 403 and err["error"]["code"] == "wrong_user"
+    async with ingress.session.get(f"{ingress.base}/v1/users/ana/notifications/stream",
+                                   params={"access_token": st["token"]}) as resp:
+        assert resp.status == 200 and await resp.content.readline() == b": connected\n"
     # A session token is not an app token: it cannot manage templates or mint tokens.
     status, _ = await ingress.call("GET", "/v1/templates", headers=h)
     assert status == 401
@@ -235,6 +242,20 @@ async def test_stream_reaches_clients_of_every_ingress_from_any_worker(
                         if line.startswith(b"data:"):
                             got.append(orjson.loads(line[5:])["id"])
                 assert got == ids
+            # Commit -> event on the client, one batch at a time (pytest -s prints it).
+            loop = asyncio.get_running_loop()
+            lags: list[float] = []
+            for _ in range(20):
+                t0 = loop.time()
+                await _insert(pool, acct["app_id"], "m", 1)
+                for s in streams:
+                    while not (await s.content.readline()).startswith(b"data:"):
+                        pass
+                    lags.append(loop.time() - t0)
+            lags.sort()
+            print(f"stream latency batch insert+commit->client over {len(lags)} events: median "
+                  f"{lags[len(lags) // 2] * 1000:.1f} ms, max {lags[-1] * 1000:.1f} ms")
+            for s in streams:
                 s.close()
     finally:
         for r in runners:
@@ -417,3 +438,60 @@ async def _stream_sees_only_b(ingress: Api, pool: asyncpg.Pool, path: str,
     # Undo the two probes of A so the walk can compare A's state before and after.
     await pool.execute("DELETE FROM notifications WHERE app_id = $1 AND id <> ALL($2::bigint[])",
                        a_app, a_ids)
+
+
+async def test_open_streams_end_cleanly_at_shutdown(settings: Settings) -> None:
+    """Server shutdown ends open streams at once (a finished response), not at its timeout."""
+    from .conftest import free_port
+
+    port = free_port()
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=600)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    stopping: asyncio.Task[None] | None = None
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(f"http://127.0.0.1:{port}", session)
+            acct = await api.new_app()
+            async with session.get(f"{api.base}/v1/users/z/notifications/stream",
+                                   headers={"Api-token": acct["api_token"]}) as resp:
+                assert await resp.content.readline() == b": connected\n"
+                stopping = asyncio.create_task(runner.cleanup())
+                # A handler cut off at the shutdown timeout would end in a payload error;
+                # a stream the hub closed finishes its chunked body and reads to EOF.
+                rest = await resp.content.read()
+                assert rest.replace(b": keepalive", b"").strip() == b""
+            await stopping
+    finally:
+        if stopping is None:
+            await runner.cleanup()
+
+
+async def test_stream_survives_a_lost_listen_connection(
+        served: tuple[web.Application, Api], pool: asyncpg.Pool) -> None:
+    """If PostgreSQL drops the LISTEN connection, the hub reconnects and streams go on."""
+    app, api = served
+    acct = await api.new_app()
+
+    async def listener_pids() -> list[int]:
+        return [r["pid"] for r in await pool.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query LIKE 'LISTEN %'")]
+
+    (old,) = await eventually(listener_pids)
+    async with api.session.get(f"{api.base}/v1/users/r/notifications/stream",
+                               headers={"Api-token": acct["api_token"]}) as resp:
+        assert await resp.content.readline() == b": connected\n"
+        await pool.execute("SELECT pg_terminate_backend($1)", old)
+
+        async def relistening() -> bool:
+            pids = await listener_pids()
+            return bool(pids) and old not in pids and app[HUB].listening.is_set()
+
+        await eventually(relistening)
+        ids = await _insert(pool, acct["app_id"], "r", 1)
+        async with asyncio.timeout(10):
+            while not (line := await resp.content.readline()).startswith(b"data:"):
+                pass
+        assert orjson.loads(line[5:])["id"] == ids[0]
