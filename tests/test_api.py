@@ -495,3 +495,29 @@ async def test_stream_survives_a_lost_listen_connection(
             while not (line := await resp.content.readline()).startswith(b"data:"):
                 pass
         assert orjson.loads(line[5:])["id"] == ids[0]
+
+
+async def test_reconnect_with_last_event_id_gets_what_was_missed(
+        ingress: Api, pool: asyncpg.Pool) -> None:
+    """A client reconnecting with Last-Event-ID first gets the notifications after that id."""
+    acct = await ingress.new_app()
+    ids = await _insert(pool, acct["app_id"], "l", 4)
+    async with ingress.session.get(
+            f"{ingress.base}/v1/users/l/notifications/stream",
+            headers={"Api-token": acct["api_token"], "Last-Event-ID": str(ids[1])}) as resp:
+        assert await resp.content.readline() == b": connected\n"
+        newer = await _insert(pool, acct["app_id"], "l", 1)
+        got: list[int] = []
+        event_ids: list[str] = []
+        async with asyncio.timeout(10):
+            while len(got) < 3:
+                line = (await resp.content.readline()).decode()
+                if line.startswith("id: "):
+                    event_ids.append(line[4:].strip())
+                elif line.startswith("data:"):
+                    got.append(orjson.loads(line[5:])["id"])
+    assert got == [ids[2], ids[3], newer[0]]
+    assert event_ids == [str(i) for i in got]
+    status, err = await ingress.call("GET", "/v1/users/l/notifications/stream",
+                                     token=acct["api_token"], headers={"Last-Event-ID": "x"})
+    assert status == 400 and "Last-Event-ID" in err["error"]["message"]

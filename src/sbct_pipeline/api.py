@@ -308,11 +308,30 @@ async def read_all(request: web.Request) -> web.Response:
     return _json({"marked_read": len(rows)})
 
 
+CATCH_UP_LIMIT = 100
+
+
+def _last_event_id(request: web.Request) -> int | None:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest("Last-Event-ID must be a notification id (an integer)",
+                         code="invalid_param") from None
+    if not 0 <= value < 2**63:
+        raise BadRequest("Last-Event-ID is out of range", code="invalid_param")
+    return value
+
+
 async def stream_notifications(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: one ``notification`` event per new notification (see stream.py).
 
     Browsers' EventSource cannot set headers, so the session token may also come as the
-    ``access_token`` query parameter (this route only).
+    ``access_token`` query parameter (this route only). A reconnecting client that sends
+    ``Last-Event-ID`` (EventSource does) first gets what it missed, up to the newest
+    ``CATCH_UP_LIMIT``; with more missed it should list the feed.
     """
     user_id = _user_id(request)
     authorization = request.headers.get("Authorization")
@@ -325,11 +344,22 @@ async def stream_notifications(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
+    last_id = _last_event_id(request)
     with hub.subscribe(app_id, user_id) as sub:
+        # Subscribed first, then caught up: nothing committed in between is missed, and
+        # what both paths carry is sent once.
+        missed = [] if last_id is None else await storage.feed_after(
+            request.app[POOL], app_id, user_id, last_id, CATCH_UP_LIMIT)
+        resp.headers["X-Request-Id"] = request[REQUEST_ID]
         await resp.prepare(request)
         try:
             # A comment at once: proxies and clients see the stream is open.
             await resp.write(b": connected\n\n")
+            sent: set[int] = set()
+            for row in missed:
+                caught_up = storage.notification_json(row)
+                sent.add(caught_up["id"])
+                await resp.write(sse_event(caught_up))
             while True:
                 try:
                     async with asyncio.timeout(heartbeat):
@@ -341,7 +371,8 @@ async def stream_notifications(request: web.Request) -> web.StreamResponse:
                     if sub.overflowed:
                         await resp.write(b": too slow; reconnect and list the feed\n\n")
                     break
-                await resp.write(sse_event(item))
+                if item["id"] not in sent:
+                    await resp.write(sse_event(item))
         except (ConnectionResetError, ConnectionError):
             pass  # the client went away; leaving the block unsubscribes it
     return resp

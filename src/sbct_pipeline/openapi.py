@@ -98,6 +98,9 @@ _LIMIT = {"name": "limit", "in": "query", "required": False,
 _BEFORE = {"name": "before", "in": "query", "required": False,
            "description": "cursor: the `next` of the previous page",
            "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+_LAST_ID = {"name": "last_event_id", "in": "query", "required": False,
+            "description": "resume after this notification id (or header Last-Event-ID)",
+            "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}}
 _ACCESS = {"name": "access_token", "in": "query", "required": False,
            "description": "session token, for EventSource clients that cannot set headers",
            "schema": _STR}
@@ -301,7 +304,7 @@ PATHS: S = {
         "streamNotifications",
         "Server-Sent Events: one `notification` event per delivery, data = a Notification",
         200, {"type": "string"}, errors=(400, 401, 403), security="feed",
-        params=[_USER, _ACCESS], tag="feed", content_type="text/event-stream")},
+        params=[_USER, _ACCESS, _LAST_ID], tag="feed", content_type="text/event-stream")},
     "/v1/campaigns/{target_id}/stats": {"get": _op(
         "campaignStats", "Sent, read, failed and read rate of a campaign or journey", 200,
         _ref("Stats"), errors=(400, 401), security="app", params=[_TARGET], tag="stats")},

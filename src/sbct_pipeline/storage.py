@@ -449,21 +449,14 @@ async def deliver_batch(
     return out
 
 
-async def notify_feed(conn: asyncpg.Connection, app_id: str, request_id: str,
-                      rows: Sequence[asyncpg.Record]) -> None:
-    """One NOTIFY per batch, sent by PostgreSQL only if the delivery transaction commits.
-
-    The payload is small whatever the batch size (NOTIFY payloads stop at 8,000 bytes):
-    listeners read the rows of the users they stream with :func:`batch_rows_for_users`.
-    """
-    ids = [int(r["id"]) for r in rows]
-    await conn.execute("SELECT pg_notify($1, $2)", FEED_CHANNEL, orjson.dumps(
-        {"a": app_id, "r": str(request_id), "lo": min(ids), "hi": max(ids)}).decode())
-
-
 async def batch_rows_for_users(pool: asyncpg.Pool, app_id: str, request_id: str, lo: int,
                                hi: int, users: Sequence[str]) -> list[asyncpg.Record]:
-    """The rows of one delivered batch (see :func:`notify_feed`) that belong to ``users``."""
+    """The rows of one delivered batch that belong to ``users``.
+
+    A batch is named by the NOTIFY that ``_DELIVER_SQL`` sends on commit: app, request and
+    the lowest and highest row id (small whatever the batch size; payloads stop at 8,000
+    bytes).
+    """
     async with guard("stream rows"):
         return list(await pool.fetch(
             f"SELECT user_id, {NOTIFICATION_COLUMNS} FROM notifications"
@@ -482,6 +475,17 @@ async def list_feed(pool: asyncpg.Pool, app_id: str, user_id: str, *, limit: int
             "SELECT count(*) FROM notifications WHERE app_id = $1 AND user_id = $2"
             " AND read_at IS NULL", app_id, user_id)
     return list(rows), int(unread)
+
+
+async def feed_after(pool: asyncpg.Pool, app_id: str, user_id: str, after: int,
+                     limit: int) -> list[asyncpg.Record]:
+    """The newest ``limit`` notifications with an id above ``after``, oldest first."""
+    async with guard("feed after"):
+        rows = await pool.fetch(
+            f"SELECT {NOTIFICATION_COLUMNS} FROM notifications"
+            " WHERE app_id = $1 AND user_id = $2 AND id > $3 ORDER BY id DESC LIMIT $4",
+            app_id, user_id, after, limit)
+    return list(reversed(rows))
 
 
 async def mark_read(pool: asyncpg.Pool, app_id: str, user_id: str, ids: Sequence[int] | None,

@@ -1,8 +1,8 @@
 """Stream: real-time feed delivery to clients over Server-Sent Events.
 
 Why PostgreSQL LISTEN/NOTIFY and not a RabbitMQ fanout exchange: the feed row and its
-notification must agree. ``storage.deliver_batch`` issues one ``pg_notify`` per committed
-batch *inside* the delivery transaction, and PostgreSQL delivers a NOTIFY only when (and
+notification must agree. ``storage.deliver_batch`` issues one ``pg_notify`` per batch
+*inside* the delivery statement, and PostgreSQL delivers a NOTIFY only when (and
 only if) that transaction commits: no event for a row that was rolled back, no committed row
 whose event was lost because a worker died between commit and publish. The payload is tiny
 and bounded whatever the batch size (app, request, lowest and highest row id); a RabbitMQ
@@ -15,7 +15,8 @@ backoff if it drops. On a notification for an app with connected streams, it rea
 batch's rows of the subscribed users (one indexed query) and fans them out to each stream's
 bounded queue. A client too slow to drain its queue is disconnected (it reconnects and lists
 the feed) rather than let memory grow. Notifications delivered while a client was not
-connected are not replayed: a client lists the feed on (re)connect.
+connected are not pushed; a client reconnecting with ``Last-Event-ID`` gets them first (up
+to 100, see ``api.stream_notifications``), or lists the feed.
 """
 
 from __future__ import annotations
