@@ -59,6 +59,8 @@ export async function campaignsPage(root) {
         chart = new window.uPlot({
           width: Math.max(320, Math.min(900, chartEl.clientWidth || 800)), height: 260,
           scales: { x: { time: true } },
+          // Axis in UTC, like the table and the API's buckets.
+          tzDate: (ts) => window.uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
           series: [{}, { label: "sent", stroke: "#2563eb", width: 2 },
             { label: "read", stroke: "#16a34a", width: 2 }, { label: "failed", stroke: "#dc2626", width: 2 }],
           axes: [{}, { label: `per ${bucket.value}` }],
