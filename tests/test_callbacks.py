@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from sbct_pipeline.broker import Broker
+from sbct_pipeline.broker import Broker, retry_delay
 from sbct_pipeline.callbacks import interpret
 from sbct_pipeline.codec import Event, encode_events
 from sbct_pipeline.sim import Simulator
@@ -127,3 +127,65 @@ async def test_callback_off_sends_nothing(
     await eventually(lambda: _accepted(sim, 1))
     assert [e["evtName"] for e in sim.events] == ["On"]
     assert await broker.queue_depth("events") == 0
+
+
+def test_interpret_cannot_lose_records_it_cannot_identify() -> None:
+    """Unprocessed entries naming no record of ours, or a short `processed`, mean resend."""
+    recs = [_rec(i) for i in range(3)]
+    odd = {"status": "success", "processed": 2,
+           "unprocessed": [{"code": 555, "error": "x", "record": "not json"}]}
+    assert interpret(200, odd, recs, None).retry == [0, 1, 2]
+    noise = {"status": "success", "processed": 3,
+             "unprocessed": [{"code": 555, "error": "x", "record": {"objectId": "other"}}]}
+    assert interpret(200, noise, recs, None).accepted == [0, 1, 2]
+    short = {"status": "success", "processed": 1, "unprocessed": []}
+    assert interpret(200, short, recs, None).retry == [0, 1, 2]
+    assert interpret(200, "<html>", recs, None).retry == [0, 1, 2]
+    assert interpret(200, {"status": "success", "processed": 3}, recs, None).accepted == [0, 1, 2]
+
+
+def test_retry_schedule_doubles_with_jitter_and_honours_retry_after() -> None:
+    """Delays double per attempt (equal jitter) up to hourly; Retry-After is a floor."""
+    low = [retry_delay("events", a, rand=lambda lo, hi: lo)[1] for a in range(1, 16)]
+    high = [retry_delay("events", a, rand=lambda lo, hi: hi)[1] for a in range(1, 16)]
+    assert high[:13] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3600]
+    assert high[13:] == [3600, 3600] and low[0] == 0.5 and low[12] == 1800
+    # Retry-After 3 s: the 4 s queue, never earlier than 3 s.
+    assert retry_delay("events", 1, 3.0, rand=lambda lo, hi: lo) == (4, 3.0)
+    assert retry_delay("events", 9, 1.0, rand=lambda lo, hi: hi) == (1, 1)
+    # Past the longest level: the longest level.
+    assert retry_delay("events", 1, 99_999.0, rand=lambda lo, hi: lo) == (3600, 3600)
+    # About 24 h of retries take ~34 attempts: 4095 s of doubling, then hourly.
+    total, attempt = 0.0, 0
+    while total < 86_400:
+        attempt += 1
+        total += retry_delay("events", attempt)[1]
+    assert 30 <= attempt <= 50
+
+
+async def test_settings_changed_while_a_refused_request_was_in_flight_release_it(
+        ingress: Api, exporter: Any, broker: Broker, sim: Simulator, pool: asyncpg.Pool) -> None:
+    """A 401 that arrives after the settings were already fixed does not park events forever."""
+    app = await ingress.new_app(sim)
+    path = f"/v1/apps/{app['app_id']}/integrations/clevertap"
+    good = {"event_callback": True, "project_id": sim.account_id, "passcode": sim.passcode,
+            "api_endpoint": sim.url}  # type: ignore[attr-defined]
+    await ingress.call("PUT", path, admin=True, json={**good, "passcode": "wrong"})
+    exporter.integrations.invalidate(app["app_id"])
+    sim.faults.update({"slow_ms": 1500, "slow_rate": 1.0})
+    await _publish_events(broker, app["app_id"], 10, 10)
+    await eventually(lambda: _in_flight(sim))
+    status, _ = await ingress.call("PUT", path, admin=True, json=good)  # fixed meanwhile
+    assert status == 200
+    await eventually(lambda: _answered(sim, 401))
+    sim.faults.update({"slow_ms": 0})
+    await eventually(lambda: _accepted(sim, 10), timeout=30)
+    assert await pool.fetchval("SELECT count(*) FROM parked_events") == 0
+
+
+async def _in_flight(sim: Simulator) -> bool:
+    return sim.in_flight > 0
+
+
+async def _answered(sim: Simulator, status: int) -> bool:
+    return sim.answers[status] > 0

@@ -44,7 +44,9 @@ from .settings import Settings
 log = logs.get(__name__)
 
 JOB_RETRY_LEVELS = (1, 5, 30)
-EVENT_RETRY_LEVELS = (1, 5, 30, 120, 600, 1800, 3600)
+# Event export retries: exponential (doubling) delay queues, then hourly until
+# SBCT_CALLBACK_RETRY_MAX_S (see README, "Retry schedule").
+EVENT_RETRY_LEVELS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3600)
 _BROKER_ERRORS: tuple[type[BaseException], ...] = (
     aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, ConnectionError, OSError,
     asyncio.TimeoutError, RuntimeError,
@@ -230,18 +232,33 @@ class Broker:
     async def retry_later(self, kind: str, body: bytes, *, attempt: int,
                           headers: dict[str, Any] | None = None,
                           delay: float | None = None) -> float:
-        """Publish to the delay queue fitting ``attempt`` (or ``delay``); returns the delay."""
-        levels = retry_levels(kind)
-        if delay is not None:
-            level = next((s for s in levels if s >= delay), levels[-1])
-        else:
-            level = levels[min(attempt, len(levels)) - 1]
-        # Jitter inside the level: each delay queue expires at its own TTL at the latest.
-        expiration = level * random.uniform(0.75, 1.0)
+        """Publish to the delay queue fitting ``attempt`` (or ``delay``); returns the delay.
+
+        Without ``delay`` the wait doubles per attempt up to the last level ("equal jitter":
+        uniform between half the level and the level). With ``delay`` (a ``Retry-After``)
+        the wait is at least ``delay`` (up to the longest level). Each delay queue has a
+        fixed TTL equal to its level and dead-letters back to the work queue; a message's
+        own expiration is never above its queue's TTL, so a message is never held longer
+        than its level by one ahead of it (head-of-line blocking is bounded by the TTL).
+        """
+        level, expiration = retry_delay(kind, attempt, delay)
         await self.publish(self.names.delay(kind, level), body, exchange="",
                            headers={**(headers or {}), "x-attempts": attempt},
                            expiration=expiration)
         return expiration
+
+
+def retry_delay(kind: str, attempt: int, delay: float | None = None,
+                rand: Callable[[float, float], float] = random.uniform) -> tuple[int, float]:
+    """The delay queue level and the message's expiration for a retry (pure)."""
+    levels = retry_levels(kind)
+    if delay is not None:
+        level = next((s for s in levels if s >= delay), levels[-1])
+        low = min(max(delay, level / 2), level)
+    else:
+        level = levels[min(max(attempt, 1), len(levels)) - 1]
+        low = level / 2
+    return level, rand(low, level)
 
 
 def _public(url: str) -> str:

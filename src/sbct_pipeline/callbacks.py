@@ -11,20 +11,29 @@ account. Each record ends in exactly one of:
 - dead-lettered (a permanent record code, a ``400``, or retries past
   ``SBCT_CALLBACK_RETRY_MAX_S``) to ``p.dead.events`` with the reason;
 - retried: republished to a delay queue (429 honours ``Retry-After``; 5xx, timeouts and
-  connection errors back off exponentially with jitter), never a sleeping consumer;
-- parked (``401``/``403``): kept in ``parked_events`` until the app's integration settings
-  change, then republished by :meth:`Exporter.resume_parked`.
+  connection errors back off exponentially with jitter, see ``broker.retry_later``), never
+  a sleeping consumer;
+- parked (``401``/``403``): kept in ``parked_events`` with the integration settings that
+  were refused, until the app's integration settings change; then republished by
+  :meth:`Exporter.resume_parked`.
 
-Only when all of a message's records have ended does the message get acked.
+Only when all of a message's records have ended, and the non-accepted ones are durable
+elsewhere (delay queue, dead-letter queue, ``parked_events``), does the message get acked.
+If that cannot be done (broker or database down), the message stays unacked while the
+exporter keeps trying, so an outage at settle time neither loses records nor re-sends the
+accepted ones; a crash then redelivers the whole message (the rare duplicates the contract
+allows).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -44,6 +53,8 @@ log = logs.get(__name__)
 
 # CleverTap record codes that can never succeed as sent (reference: clevertap-apis.md).
 PERMANENT_CODES = frozenset({509, 512, 513, 522, 523, 524, 525, 526, 528})
+# Longest pause between two attempts to make a message's leftovers durable.
+FINISH_BACKOFF_MAX_S = 5.0
 
 
 @dataclass(eq=False)
@@ -55,12 +66,23 @@ class Pending:
     first_attempt_at: float
     headers: dict[str, Any]
     remaining: int = 0
+    oldest_ts: int = 0
     retry: list[Event] = field(default_factory=list)
     retry_delay: float | None = None
     dead: list[tuple[Event, str]] = field(default_factory=list)
-    parked: list[tuple[Event, str]] = field(default_factory=list)
+    # (event, reason, integration updated_at that was refused)
+    parked: list[tuple[Event, str, datetime | None]] = field(default_factory=list)
+    # Steps of _finish already done, so a retried _finish never repeats one.
+    retried: bool = False
+    dead_lettered: bool = False
+    parked_stored: bool = False
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop()
                                        .create_future())
+
+    def ended(self, n: int) -> None:
+        self.remaining -= n
+        if self.remaining <= 0 and not self.done.done():
+            self.done.set_result(None)
 
 
 @dataclass(slots=True)
@@ -81,43 +103,71 @@ def _record_key(rec: dict[str, Any]) -> tuple[Any, ...]:
             data.get("target_id") if isinstance(data, dict) else None)
 
 
+def _interpret_200(body: dict[str, Any], records: Sequence[dict[str, Any]],
+                   out: Outcome) -> Outcome:
+    n = len(records)
+    unprocessed = body.get("unprocessed") or []
+    if not isinstance(unprocessed, list):
+        unprocessed = []
+    processed = body.get("processed")
+    if not unprocessed:
+        if isinstance(processed, int) and processed < n:
+            # Fewer processed than sent and no record named: we cannot tell which were
+            # dropped, so all are sent again (duplicates beat losses).
+            log.warning("callbacks.processed_mismatch", sent=n, processed=processed)
+            out.retry = list(range(n))
+        else:
+            out.accepted = list(range(n))
+        return out
+    by_key: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+    for i, sent in enumerate(records):
+        by_key[_record_key(sent)].append(i)
+    failed: dict[int, tuple[int, str]] = {}
+    unmatched = 0
+    for entry in unprocessed:
+        if not isinstance(entry, dict):
+            unmatched += 1
+            continue
+        rec: Any = entry.get("record")
+        if isinstance(rec, str):
+            try:
+                rec = orjson.loads(rec)
+            except orjson.JSONDecodeError:
+                rec = None
+        idxs = by_key.get(_record_key(rec)) if isinstance(rec, dict) else None
+        if not idxs:
+            unmatched += 1
+            continue
+        code = entry.get("code")
+        code = int(code) if isinstance(code, int | str) and str(code).isdigit() else 0
+        failed[idxs.pop(0)] = (code, str(entry.get("error", "unprocessed")))
+    ambiguous = False
+    if unmatched:
+        # Entries we cannot pin to a record. If the counts say some of ours really failed,
+        # every record not known to have failed is sent again rather than lost.
+        ambiguous = not (isinstance(processed, int) and processed >= n - len(failed))
+        log.warning("callbacks.unmatched_unprocessed", entries=unmatched,
+                    retry_all=ambiguous)
+    for i in range(n):
+        if i not in failed:
+            (out.retry if ambiguous else out.accepted).append(i)
+        elif failed[i][0] in PERMANENT_CODES:
+            out.dead.append((i, f"CleverTap code {failed[i][0]}: {failed[i][1]}"))
+        else:
+            out.retry.append(i)
+    return out
+
+
 def interpret(status: int, body: Any, records: Sequence[dict[str, Any]],
               retry_after: float | None) -> Outcome:
     """Decide each record's fate from one CleverTap answer (pure; unit-tested)."""
     out = Outcome()
     n = len(records)
     if status == 200 and isinstance(body, dict):
-        unprocessed = body.get("unprocessed") or []
-        by_key: dict[tuple[Any, ...], list[int]] = defaultdict(list)
-        for i, sent in enumerate(records):
-            by_key[_record_key(sent)].append(i)
-        failed: dict[int, tuple[int, str]] = {}
-        unmatched = 0
-        for entry in unprocessed if isinstance(unprocessed, list) else []:
-            if not isinstance(entry, dict):
-                continue
-            rec: Any = entry.get("record")
-            if isinstance(rec, str):
-                try:
-                    rec = orjson.loads(rec)
-                except orjson.JSONDecodeError:
-                    rec = None
-            idxs = by_key.get(_record_key(rec)) if isinstance(rec, dict) else None
-            if not idxs:
-                unmatched += 1
-                continue
-            code = entry.get("code")
-            code = int(code) if isinstance(code, int | str) and str(code).isdigit() else 0
-            failed[idxs.pop(0)] = (code, str(entry.get("error", "unprocessed")))
-        if unmatched:
-            log.warning("callbacks.unmatched_unprocessed", entries=unmatched)
-        for i in range(n):
-            if i not in failed:
-                out.accepted.append(i)
-            elif failed[i][0] in PERMANENT_CODES:
-                out.dead.append((i, f"CleverTap code {failed[i][0]}: {failed[i][1]}"))
-            else:
-                out.retry.append(i)
+        return _interpret_200(body, records, out)
+    if status == 200:
+        # 200 with a body we cannot read: nothing says the records were processed.
+        out.retry = list(range(n))
         return out
     if status in (401, 403):
         out.park_reason = f"CleverTap answered {status}: credentials refused"
@@ -128,6 +178,8 @@ def interpret(status: int, body: Any, records: Sequence[dict[str, Any]],
         return out
     if status >= 500 or status == 0 or status == 408:
         out.retry = list(range(n))
+        if retry_after is not None:
+            out.retry_delay = retry_after
         return out
     # 400 and other 4xx: the request itself is refused; resending cannot help.
     reason = f"CleverTap answered {status}: {str(body)[:300]}"
@@ -151,9 +203,17 @@ class Exporter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting = 0  # messages received and not yet settled
         self._parked: dict[str, Any] = {}  # app_id -> integration.updated_at when parked
+        # Export lag: messages held per app, and records sent to a delay queue
+        # (app_id -> (oldest ts, when they are due back)).
+        self._held: dict[str, set[Pending]] = defaultdict(set)
+        self._retrying: dict[str, tuple[int, float]] = {}
+        self._stopping = False
+        self._lag_apps: set[str] = set()
+        self._parked_gauge_apps: set[str] = set()
         self.consumer = Consumer(broker, "events", self._on_message, prefetch=self.prefetch,
                                  dead_kind="events")
         self._resumer = Periodic("resume-parked", self.resume_parked, 2.0)
+        self._lag = Periodic("export-lag", self.update_lag, 1.0)
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(
@@ -162,9 +222,11 @@ class Exporter:
             json_serialize=lambda o: orjson.dumps(o).decode())
         await self.consumer.start()
         self._resumer.start()
+        self._lag.start()
         log.info("callbacks.started")
 
     async def stop(self) -> None:
+        self._stopping = True
         # Flush what is buffered so in-flight messages can settle within the drain timeout.
         for app_id in list(self._buffers):
             self._flush(app_id, force=True)
@@ -173,6 +235,7 @@ class Exporter:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._resumer.stop()
+        await self._lag.stop()
         if self.session is not None:
             await self.session.close()
         log.info("callbacks.stopped")
@@ -181,37 +244,47 @@ class Exporter:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         events = decode_events(message.body)
+        if not events:
+            return
         headers = dict(message.headers or {})
         first = headers.get("x-first-attempt-at")
         pending = Pending(events=events, attempts=attempts_of(message),
                           first_attempt_at=float(first) if isinstance(first, int | float)
-                          else time.time(), headers=headers)
-        pending.remaining = len(events)
-        if not events:
-            return
+                          else time.time(), headers=headers, remaining=len(events),
+                          oldest_ts=min(ev.ts for ev in events))
+        # Look every app up before admitting anything: a database error here retries the
+        # message without having sent part of it.
+        integs = {app_id: await self.integrations.get(app_id)
+                  for app_id in {ev.app_id for ev in events}}
+        apps = list(integs)
         self._waiting += 1
+        for app_id in apps:
+            self._held[app_id].add(pending)
         try:
             for ev in events:
-                await self._admit(ev, pending)
+                self._admit(ev, pending, integs[ev.app_id])
             if self._waiting >= self.prefetch:
                 for app_id in list(self._buffers):
                     self._flush(app_id, force=True)
             await pending.done
+            await self._finish_durably(pending)
         finally:
             self._waiting -= 1
+            for app_id in apps:
+                self._held[app_id].discard(pending)
 
-    async def _admit(self, ev: Event, pending: Pending) -> None:
-        integ = await self.integrations.get(ev.app_id)
+    def _admit(self, ev: Event, pending: Pending, integ: storage.Integration | None) -> None:
         if integ is None or not integ.event_callback:
             metrics.EVENTS_EXPORTED.labels(app_id=ev.app_id, outcome="callback_off").inc()
-            await self._settle(pending, [ev], "accepted")
+            pending.ended(1)
             return
         parked_at = self._parked.get(ev.app_id)
         if parked_at is not None:
             if parked_at == integ.updated_at:
-                await self._settle(pending, [ev], "parked",
-                                   reason="credentials refused earlier; waiting for new "
-                                   "integration settings")
+                metrics.EVENTS_EXPORTED.labels(app_id=ev.app_id, outcome="parked").inc()
+                pending.parked.append((ev, "credentials refused earlier; waiting for new "
+                                       "integration settings", parked_at))
+                pending.ended(1)
                 return
             del self._parked[ev.app_id]
         buf = self._buffers[ev.app_id]
@@ -244,25 +317,34 @@ class Exporter:
     # ------------------------------------------------------------ sending
 
     async def _send(self, app_id: str, batch: list[tuple[Event, Pending]]) -> None:
+        try:
+            await self._send_batch(app_id, batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Whatever went wrong (the database answering the integration lookup, a bug),
+            # the records must end somewhere, or their messages would wait forever.
+            log.exception("callbacks.send_failed", app_id=app_id, records=len(batch))
+            self._settle(app_id, batch, range(len(batch)), "retry",
+                         reason=f"send failed: {exc!r}")
+
+    async def _send_batch(self, app_id: str, batch: list[tuple[Event, Pending]]) -> None:
         integ = await self.integrations.get(app_id)
         if integ is None or not integ.event_callback:
-            for ev, p in batch:
-                await self._settle(p, [ev], "accepted")
+            self._settle(app_id, batch, range(len(batch)), "callback_off")
             return
         account = integ.project_id
         sem = self._semaphores.setdefault(
             account, asyncio.Semaphore(self.settings.callback_concurrency))
         records = [ev.record() for ev, _ in batch]
-        now = time.time()
-        metrics.EXPORT_LAG.labels(app_id=app_id).set(max(now - ev.ts for ev, _ in batch))
+        payload = orjson.dumps({"d": records})
         status, body, retry_after = 0, None, None
         async with sem:
             assert self.session is not None
             t0 = time.perf_counter()
             try:
                 async with self.session.post(
-                    integ.api_endpoint + "/1/upload",
-                    data=orjson.dumps({"d": records}),
+                    integ.api_endpoint + "/1/upload", data=payload,
                     headers={"X-CleverTap-Account-Id": integ.project_id,
                              "X-CleverTap-Passcode": integ.passcode,
                              "Content-Type": "application/json; charset=utf-8"},
@@ -278,28 +360,37 @@ class Exporter:
                 status, body = 0, repr(exc)
             metrics.EXPORT_SECONDS.observe(time.perf_counter() - t0)
         out = interpret(status, body, records, retry_after)
+        request_ids = {ev.request_id for ev, _ in batch[:50] if ev.request_id}
         log.info("callbacks.batch_sent", app_id=app_id, records=len(records), status=status,
                  accepted=len(out.accepted), retry=len(out.retry), dead=len(out.dead),
-                 parked=out.park_reason is not None)
+                 parked=out.park_reason is not None, request_ids=sorted(request_ids)[:5])
         if out.park_reason is not None:
             self._parked[app_id] = integ.updated_at
-            for ev, p in batch:
-                await self._settle(p, [ev], "parked", reason=out.park_reason)
+            self._settle(app_id, batch, range(len(batch)), "parked", reason=out.park_reason,
+                         settings_at=integ.updated_at)
             return
-        for i in out.accepted:
-            await self._settle(batch[i][1], [batch[i][0]], "accepted")
+        if out.accepted:
+            self._settle(app_id, batch, out.accepted, "accepted")
         for i, reason in out.dead:
-            await self._settle(batch[i][1], [batch[i][0]], "dead", reason=reason)
-        for i in out.retry:
-            await self._settle(batch[i][1], [batch[i][0]], "retry", delay=out.retry_delay,
-                               reason=f"CleverTap answered {status}")
+            self._settle(app_id, batch, (i,), "dead", reason=reason)
+        if out.retry:
+            self._settle(app_id, batch, out.retry, "retry", delay=out.retry_delay,
+                         reason=f"CleverTap answered {status or body}")
 
     # ------------------------------------------------------------ settling
 
-    async def _settle(self, p: Pending, events: list[Event], outcome: str, *,
-                      reason: str = "", delay: float | None = None) -> None:
-        for ev in events:
-            metrics.EVENTS_EXPORTED.labels(app_id=ev.app_id, outcome=outcome).inc()
+    def _settle(self, app_id: str, batch: list[tuple[Event, Pending]], idxs: Sequence[int],
+                outcome: str, *, reason: str = "", delay: float | None = None,
+                settings_at: datetime | None = None) -> None:
+        """Record ``outcome`` for ``batch[i]`` for each i; a message ends with its last."""
+        metrics.EVENTS_EXPORTED.labels(app_id=app_id, outcome=outcome).inc(len(idxs))
+        if outcome == "retry":
+            metrics.EXPORT_RETRIES.labels(app_id=app_id, reason=_reason_label(reason)).inc(
+                len(idxs))
+        counts: dict[Pending, int] = defaultdict(int)
+        for i in idxs:
+            ev, p = batch[i]
+            counts[p] += 1
             if outcome == "retry":
                 p.retry.append(ev)
                 if delay is not None:
@@ -307,45 +398,113 @@ class Exporter:
             elif outcome == "dead":
                 p.dead.append((ev, reason))
             elif outcome == "parked":
-                p.parked.append((ev, reason))
-        p.remaining -= len(events)
-        if p.remaining <= 0 and not p.done.done():
+                p.parked.append((ev, reason, settings_at))
+        for p, n in counts.items():
+            p.ended(n)
+
+    async def _finish_durably(self, p: Pending) -> None:
+        """Retry :meth:`_finish` until it succeeds; the message stays unacked meanwhile."""
+        pause = 0.5
+        while True:
             try:
                 await self._finish(p)
+                return
             except Unavailable as exc:
-                p.done.set_exception(exc)
-            else:
-                p.done.set_result(None)
+                if self._stopping:
+                    raise  # the consumer wrapper requeues the message
+                log.warning("callbacks.settle_deferred", error=str(exc), retry_in=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, FINISH_BACKOFF_MAX_S)
 
     async def _finish(self, p: Pending) -> None:
         """Make the message's non-accepted records durable elsewhere, so it can be acked."""
-        if p.retry:
+        if p.retry and not p.retried:
             elapsed = time.time() - p.first_attempt_at
             if elapsed > self.settings.callback_retry_max_s:
-                p.dead.extend((ev, f"still failing after {elapsed:.0f}s of retries")
-                              for ev in p.retry)
+                p.dead.extend((ev, f"still failing after {elapsed:.0f}s of retries "
+                               f"(SBCT_CALLBACK_RETRY_MAX_S)") for ev in p.retry)
             else:
                 headers = {**p.headers, "x-first-attempt-at": p.first_attempt_at}
-                await self.broker.retry_later("events", encode_events(p.retry),
-                                              attempt=p.attempts + 1, headers=headers,
-                                              delay=p.retry_delay)
+                delay = await self.broker.retry_later(
+                    "events", encode_events(p.retry), attempt=p.attempts + 1,
+                    headers=headers, delay=p.retry_delay)
                 metrics.RETRIES.labels(queue="events").inc()
-        if p.dead:
-            metrics.DEAD_LETTERS.labels(queue="events").inc(len(p.dead))
+                oldest = min(ev.ts for ev in p.retry)
+                for app_id in {ev.app_id for ev in p.retry}:
+                    prev = self._retrying.get(app_id)
+                    due = time.monotonic() + delay + self.settings.callback_linger_s + 1
+                    self._retrying[app_id] = ((min(prev[0], oldest), max(prev[1], due))
+                                              if prev else (oldest, due))
+            p.retried = True
+        if p.dead and not p.dead_lettered:
             body = orjson.dumps([[*ev.to_wire(), why] for ev, why in p.dead])
             await self.broker.dead_letter("events", body, reason=p.dead[0][1],
-                                          headers={"x-format": "events+reason"})
-            log.error("callbacks.dead_lettered", records=len(p.dead), reason=p.dead[0][1])
-        if p.parked:
-            by_app: dict[str, list[Event]] = defaultdict(list)
-            for ev, _ in p.parked:
-                by_app[ev.app_id].append(ev)
-            async with storage.guard("park events"):
-                for app_id, evs in by_app.items():
-                    await self.pool.execute(
-                        "INSERT INTO parked_events (app_id, payload, reason) VALUES ($1, $2, $3)",
-                        app_id, encode_events(evs), p.parked[0][1])
+                                          headers={"x-format": "events+reason",
+                                                   "x-source-queue": "events"})
+            p.dead_lettered = True
+            metrics.DEAD_LETTERS.labels(queue="events").inc(len(p.dead))
+            per_app: dict[str, int] = defaultdict(int)
+            for ev, _ in p.dead:
+                per_app[ev.app_id] += 1
+            for app_id, n in per_app.items():
+                metrics.EXPORT_DEAD_LETTERS.labels(app_id=app_id).inc(n)
+                log.error("callbacks.dead_lettered", app_id=app_id, records=n,
+                          reason=p.dead[0][1])
+        if p.parked and not p.parked_stored:
+            groups: dict[tuple[str, datetime | None], list[Event]] = defaultdict(list)
+            for ev, _, settings_at in p.parked:
+                groups[(ev.app_id, settings_at)].append(ev)
+            async with storage.guard("park events"), self.pool.acquire() as conn, \
+                    conn.transaction():
+                for (app_id, settings_at), evs in groups.items():
+                    await conn.execute(
+                        "INSERT INTO parked_events (app_id, payload, reason, settings_at,"
+                        " oldest_ts) VALUES ($1, $2, $3, $4, $5)",
+                        app_id, encode_events(evs), p.parked[0][1], settings_at,
+                        min(ev.ts for ev in evs))
+            p.parked_stored = True
             log.warning("callbacks.parked", records=len(p.parked), reason=p.parked[0][1])
+
+    # ------------------------------------------------------------ export lag
+
+    async def update_lag(self) -> None:
+        """Set ``sbct_export_lag_seconds`` per app: age of the oldest event not yet accepted.
+
+        Counts events this process holds (buffered, in flight, settling), events it sent to
+        a delay queue until they are due back, and parked events (from the database).
+        """
+        now = time.time()
+        oldest: dict[str, float] = {}
+        for app_id, held in list(self._held.items()):
+            if held:
+                oldest[app_id] = min(p.oldest_ts for p in held)
+            else:
+                del self._held[app_id]
+        mono = time.monotonic()
+        for app_id, (ts, due) in list(self._retrying.items()):
+            if due < mono:
+                del self._retrying[app_id]
+            else:
+                oldest[app_id] = min(oldest.get(app_id, ts), ts)
+        with contextlib.suppress(Unavailable):
+            async with storage.guard("parked lag"):
+                rows = await self.pool.fetch(
+                    "SELECT app_id, min(coalesce(oldest_ts, extract(epoch FROM parked_at)))"
+                    " AS ts, count(*) AS n FROM parked_events GROUP BY app_id")
+            parked_apps = set()
+            for r in rows:
+                parked_apps.add(r["app_id"])
+                oldest[r["app_id"]] = min(oldest.get(r["app_id"], float(r["ts"])),
+                                          float(r["ts"]))
+                metrics.EXPORT_PARKED.labels(app_id=r["app_id"]).set(r["n"])
+            for app_id in self._parked_gauge_apps - parked_apps:
+                metrics.EXPORT_PARKED.labels(app_id=app_id).set(0)
+            self._parked_gauge_apps = parked_apps
+        for app_id in self._lag_apps - set(oldest):
+            metrics.EXPORT_LAG.labels(app_id=app_id).set(0)
+        for app_id, since in oldest.items():
+            metrics.EXPORT_LAG.labels(app_id=app_id).set(max(0.0, now - since))
+        self._lag_apps = set(oldest)
 
     # ------------------------------------------------------------ parked events
 
@@ -354,10 +513,14 @@ class Exporter:
         moved = 0
         async with storage.guard("resume parked"), self.pool.acquire() as conn, \
                 conn.transaction():
+            # settings_at: the integration settings CleverTap refused. Any change since
+            # releases them, even one made while the refused request was in flight.
             rows = await conn.fetch(
                 "SELECT p.id, p.app_id, p.payload FROM parked_events p"
                 " JOIN integrations i USING (app_id)"
-                " WHERE i.updated_at > p.parked_at AND i.event_callback"
+                " WHERE i.event_callback AND CASE WHEN p.settings_at IS NULL"
+                "   THEN i.updated_at > p.parked_at"
+                "   ELSE i.updated_at IS DISTINCT FROM p.settings_at END"
                 " ORDER BY p.id LIMIT 200 FOR UPDATE OF p SKIP LOCKED")
             for row in rows:
                 await self.broker.publish("events", bytes(row["payload"]),
@@ -375,6 +538,14 @@ class Exporter:
             pass
 
 
+def _reason_label(reason: str) -> str:
+    # A bounded label set: "CleverTap answered 429", "CleverTap answered 503", "send failed".
+    if reason.startswith("CleverTap answered "):
+        tail = reason[len("CleverTap answered "):]
+        return tail[:3] if tail[:3].isdigit() else "network"
+    return "error"
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -382,3 +553,4 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import gc
 import os
 import signal
@@ -225,6 +226,46 @@ async def cmd_sim(settings: Settings, args: argparse.Namespace) -> None:
         await _wait_for_signal()
 
 
+async def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> None:
+    from . import deadletters
+
+    broker = Broker(settings)
+    await broker.connect(consume=True)
+    try:
+        if args.dl_command == "list":
+            items = await deadletters.list_dead(broker, kind=args.kind, limit=args.limit)
+            if args.json:
+                for item in items:
+                    print(orjson.dumps(item.public()).decode())
+            else:
+                print(_dead_table(items))
+        else:
+            result = await deadletters.replay(broker, kind=args.kind, app=args.app)
+            print(orjson.dumps(dataclasses.asdict(result)).decode())
+    finally:
+        await broker.close()
+
+
+def _dead_table(items: list[Any]) -> str:
+    if not items:
+        return "no dead letters"
+    rows = [("KIND", "AGE", "APP", "RECORDS", "REPLAY TO", "REASON")]
+    for d in items:
+        age = "?" if d.age_s is None else _human_age(d.age_s)
+        rows.append((d.kind, age, ",".join(d.apps) or "?", str(d.records),
+                     d.source if d.replayable and d.source else "-", d.reason[:120]))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True))
+                     + "  " + r[5] for r in rows)
+
+
+def _human_age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sbct-pipeline", description=(
         "CleverTap webhooks -> in-app notification feeds -> SENT/READ events to CleverTap. "
@@ -243,6 +284,18 @@ def _parser() -> argparse.ArgumentParser:
 
     bench_arguments(sub.add_parser(
         "bench", help="measure fan-out, ingress and single latency against baselines"))
+    dl = sub.add_parser("deadletters", help="list or replay dead-lettered messages")
+    dl_sub = dl.add_subparsers(dest="dl_command", required=True, metavar="ACTION")
+    dl_list = dl_sub.add_parser("list", help="reason, app, records and age of dead letters")
+    dl_list.add_argument("--kind", choices=("events", "jobs"), default=None,
+                         help="only this dead-letter queue (default: both)")
+    dl_list.add_argument("--limit", type=_positive_int, default=100,
+                         help="at most N messages per queue (default 100)")
+    dl_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    dl_replay = dl_sub.add_parser("replay", help="republish dead letters to their queues")
+    dl_replay.add_argument("--app", default=None, help="only this app's messages/records")
+    dl_replay.add_argument("--kind", choices=("events", "jobs"), default=None,
+                           help="only this dead-letter queue (default: both)")
     sim = sub.add_parser("clevertap-sim", help="a local stand-in for CleverTap's upload API")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8090)
@@ -269,8 +322,18 @@ async def cmd_bench(settings: Settings, args: argparse.Namespace) -> None:
 COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, None]]] = {
     "migrate": cmd_migrate, "ingress": cmd_ingress, "worker": cmd_worker,
     "callbacks": cmd_callbacks, "run": cmd_run, "app": cmd_app_create,
-    "clevertap-sim": cmd_sim, "bench": cmd_bench,
+    "clevertap-sim": cmd_sim, "bench": cmd_bench, "deadletters": cmd_deadletters,
 }
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

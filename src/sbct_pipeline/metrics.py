@@ -46,3 +46,12 @@ EXPORT_SECONDS = Histogram("sbct_export_request_seconds", "CleverTap upload requ
                            registry=REGISTRY)
 OUTBOX_REPUBLISHED = Counter("sbct_outbox_republished_total",
                              "Outbox rows republished by the sweeper", registry=REGISTRY)
+EXPORT_RETRIES = Counter("sbct_export_retries_total",
+                         "Event records sent to a delay queue, by app and cause",
+                         ["app_id", "reason"], registry=REGISTRY)
+EXPORT_DEAD_LETTERS = Counter("sbct_export_dead_letters_total",
+                              "Event records dead-lettered, by app", ["app_id"],
+                              registry=REGISTRY)
+EXPORT_PARKED = Gauge("sbct_export_parked_events",
+                      "Parked messages (refused credentials) waiting per app", ["app_id"],
+                      registry=REGISTRY)

@@ -113,10 +113,6 @@ class Simulator:
         return None
 
     async def upload(self, request: web.Request) -> web.Response:
-        if (request.headers.get("X-CleverTap-Account-Id") != self.account_id
-                or request.headers.get("X-CleverTap-Passcode") != self.passcode):
-            return self._answer(401, {"status": "fail", "error": "Account ID is not valid",
-                                      "code": 401})
         f = self.faults
         if time.monotonic() < f.outage_until:
             return self._answer(503, {"status": "fail", "error": "Service Unavailable"})
@@ -129,6 +125,11 @@ class Simulator:
         try:
             if f.slow_ms and self.rng.random() < (f.slow_rate or 1.0):
                 await asyncio.sleep(f.slow_ms / 1000)
+            # Credentials are checked after the delay: a slow answer may be a refusal too.
+            if (request.headers.get("X-CleverTap-Account-Id") != self.account_id
+                    or request.headers.get("X-CleverTap-Passcode") != self.passcode):
+                return self._answer(401, {"status": "fail", "code": 401,
+                                          "error": "Account ID is not valid"})
             roll = self.rng.random()
             if roll < f.fail_429:
                 return self._answer(429, {"status": "fail", "error": "Rate limit exceeded"},
