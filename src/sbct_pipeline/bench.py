@@ -56,6 +56,7 @@ import asyncpg
 import orjson
 
 from . import storage
+from .bench_export import section_export
 from .settings import Settings
 
 ADMIN = "bench-admin"
@@ -584,6 +585,7 @@ Section = Callable[[Bench], Awaitable[None]]
 SECTIONS: list[tuple[str, Section]] = [
     ("ingress", section_ingress),
     ("fanout", section_fanout),
+    ("export", section_export),  # bench_export.py (issue 4)
 ]
 
 
