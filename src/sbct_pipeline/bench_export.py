@@ -87,13 +87,21 @@ async def _queue_events(b: Bench, app_id: str, n: int) -> None:
         await broker.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a live process has used (Linux ``/proc``)."""
+    import os
+
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _sim(b: Bench, path: str, body: Any = None) -> dict[str, Any]:
     async with b.http.post(b.sim_url + path, data=orjson.dumps(body or {})) as r:
         out: dict[str, Any] = orjson.loads(await r.read())
         return out
 
 
-async def measure_export(b: Bench, events: int) -> dict[str, float]:
+async def measure_export(b: Bench, events: int, sim_pid: int) -> dict[str, float]:
     """Queue ``events`` events, drain them with one callbacks process; figures in a dict."""
     app_id = f"app_bench_export_{b.tag}"
     await storage.create_app(b.pool, app_id, "bench-export")
@@ -101,8 +109,10 @@ async def measure_export(b: Bench, events: int) -> dict[str, float]:
                                   passcode="BENCH-PASS", api_endpoint=b.sim_url)
     await _sim(b, "/_sim/reset")
     await _queue_events(b, app_id, events)
-    await b.start_callbacks()
+    sim_cpu0 = cpu_seconds(sim_pid)
+    cb = await b.start_callbacks()
     t0 = time.perf_counter()
+    cb_cpu0 = cpu_seconds(cb.popen.pid)
     stats: dict[str, Any] = {}
     while True:
         await asyncio.sleep(0.25)
@@ -113,19 +123,22 @@ async def measure_export(b: Bench, events: int) -> dict[str, float]:
         if time.perf_counter() - t0 > 600:
             raise RuntimeError(f"export did not finish in 600 s: {stats}")
     elapsed = time.perf_counter() - t0
+    cb_cpu = cpu_seconds(cb.popen.pid) - cb_cpu0
+    sim_cpu = cpu_seconds(sim_pid) - sim_cpu0
     requests = sum(stats["requests"].values())
     return {"events": events, "seconds": elapsed, "events_s": events / elapsed,
             "requests_s": requests / elapsed, "duplicates": stats["duplicates"],
-            "non_200": requests - stats["requests"].get("200", 0)}
+            "non_200": requests - stats["requests"].get("200", 0),
+            "callbacks_cpu_us": cb_cpu / events * 1e6, "sim_cpu_us": sim_cpu / events * 1e6}
 
 
 async def section_export(b: Bench) -> None:
     """Events/s from the events queue to the simulator, beside the simulator's capacity."""
     events = 100_000 if b.quick else 500_000
-    await b.start_sim()
+    sim = await b.start_sim()
     await sim_capacity(b, 1.0)  # warm-up
     base_req_s, base_rec_s = await sim_capacity(b, 3.0 if b.quick else 8.0)
-    got = await measure_export(b, events)
+    got = await measure_export(b, events, sim.popen.pid)
     ratio = got["events_s"] / base_rec_s if base_rec_s else 0.0
     b.row("export", f"events/s to the simulator ({events:,} events, 1,000/request)",
           f"{got['events_s']:,.0f}", f"{base_rec_s:,.0f}", f"{ratio:.2f}",
@@ -133,6 +146,12 @@ async def section_export(b: Bench) -> None:
     b.row("export", "simulator requests/s while exporting",
           f"{got['requests_s']:,.1f}", f"{base_req_s:,.1f}", f"{got['requests_s'] / base_req_s:.2f}"
           if base_req_s else "")
+    # CPU per event is what noise on a shared machine changes least: one core's worth of
+    # CPU time spent by the callbacks process (and the simulator) per exported event.
+    b.row("export", "callbacks CPU per event (us) -> events/s per core",
+          f"{got['callbacks_cpu_us']:.1f}", f"{1e6 / got['callbacks_cpu_us']:,.0f}/core"
+          if got["callbacks_cpu_us"] else "")
+    b.row("export", "simulator CPU per event (us)", f"{got['sim_cpu_us']:.1f}")
     b.row("export", "duplicates seen by the simulator", f"{got['duplicates']:,}",
           target="0", met=got["duplicates"] == 0)
     b.notes.append(
