@@ -542,6 +542,8 @@ def _reason_label(reason: str) -> str:
     # A bounded label set: "CleverTap answered 429", "CleverTap answered 503", "send failed".
     if reason.startswith("CleverTap answered "):
         tail = reason[len("CleverTap answered "):]
+        if tail[:3] == "200":
+            return "record"  # a transient code on some records of an accepted request
         return tail[:3] if tail[:3].isdigit() else "network"
     return "error"
 
