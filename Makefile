@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint fmt dev dev-down bench clean services browser vendor-uplot
+.PHONY: install run test reliability lint fmt dev dev-down bench clean services browser vendor-uplot
 
 install: $(STAMP)
 
@@ -36,6 +36,14 @@ vendor-uplot:
 	  src/sbct_pipeline/dashboard_static/vendor/
 	cp build/uplot/package/LICENSE src/sbct_pipeline/dashboard_static/vendor/uPlot.LICENSE.txt
 	sha256sum build/uplot/uplot-$(UPLOT_VERSION).tgz
+
+# The reliability suite: every scenario of tests/reliability (slow ones included), then its
+# figures into docs/reliability.md. `make test` runs only the fast ones.
+reliability: install
+	rm -f .reliability.jsonl
+	SBCT_RELIABILITY_REPORT=$(CURDIR)/.reliability.jsonl $(BIN)/pytest -p no:cacheprovider \
+		-m "" tests/reliability $(PYTEST_ARGS)
+	$(BIN)/python -m tests.reliability.report .reliability.jsonl docs/reliability.md
 
 lint: install
 	$(BIN)/ruff check src tests
