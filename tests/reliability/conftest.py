@@ -95,7 +95,8 @@ class Stack:
             "SBCT_DATABASE_URL": s.database_url, "SBCT_AMQP_URL": s.amqp_url,
             "SBCT_AMQP_PREFIX": s.amqp_prefix, "SBCT_HTTP_PORT": str(s.http_port),
             "SBCT_ADMIN_TOKEN": ADMIN_TOKEN, "SBCT_CALLBACK_LINGER_S": "0.2",
-            "SBCT_OUTBOX_SWEEP_S": "1", "SBCT_METRICS_PORT": "0", "SBCT_LOG_LEVEL": "warning",
+            "SBCT_OUTBOX_SWEEP_S": "1", "SBCT_METRICS_PORT": "0",
+            "SBCT_LOG_LEVEL": os.environ.get("SBCT_REL_LOG_LEVEL", "warning"),
             "SBCT_DRAIN_TIMEOUT_S": "5", "SBCT_SINGLE_RATE_LIMIT": "0",
         })
         env.update(extra)

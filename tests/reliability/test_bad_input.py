@@ -250,19 +250,22 @@ async def test_missing_variables_fail_the_delivery_not_the_batch(served: dict[st
     assert (s["sent"], s["failed"]) == (1, 1), s
 
 
-async def test_nul_character_rejects_the_profile_not_its_batch(served: dict[str, Any],
-                                                                client: Api) -> None:
-    """A profile with U+0000 (PostgreSQL cannot store it) is rejected; the others delivered."""
+async def test_nul_character_is_refused_before_it_reaches_a_batch(served: dict[str, Any],
+                                                                   client: Api) -> None:
+    """U+0000 (PostgreSQL cannot store it) gets 400 naming it; a clean retry is delivered."""
     tok = served["token"]
     h = webhook(target_id=1700000500, users=["nul-1", "nul-2", "nul-3"])
     h["profiles"][1]["key_values"] = {"var.name": "A\x00na"}
+    for path in (SINGLE, MULTI):
+        status, answer = await client.call("POST", path, json=h, token=tok)
+        assert is_error(status, answer, 400) and "NUL" in answer["error"]["message"], answer
+    del h["profiles"][1]["key_values"]
     status, answer = await client.call("POST", MULTI, json=h, token=tok)
-    assert status == 200 and (answer["accepted"], answer["rejected"]) == (2, 1), answer
-    assert "NUL" in answer["rejections"][0]["reason"]
+    assert status == 200 and answer["accepted"] == 3, answer
 
     async def stats() -> Any:
         _, b = await client.call("GET", "/v1/campaigns/1700000500/stats", token=tok)
-        return b if b["sent"] == 2 else None
+        return b if b["sent"] == 3 else None
 
     s = await eventually(stats)
     assert s["failed"] == 0, s
