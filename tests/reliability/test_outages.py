@@ -1,9 +1,9 @@
-"""Outages of RabbitMQ, PostgreSQL and CleverTap: nothing accepted is lost, nothing doubled.
+"""Outages of PostgreSQL and CleverTap: nothing accepted is lost, nothing doubled.
 
 PostgreSQL is stopped and restarted as a *private* cluster started by the test (the shared
-one serves other test runs; RabbitMQ's outage is in ``test_broker_outage.py``); CleverTap is
-the simulator's outage window and 429 storm. Each scenario runs real ``sbct-pipeline`` processes and ends by counting feed rows per
-user and distinct ``SENT`` events at the simulator.
+one serves other test runs; RabbitMQ's outage: see the closing note of issue 7); CleverTap is
+the simulator's outage window and 429 storm. Each scenario runs real ``sbct-pipeline``
+processes and ends by counting feed rows per user and distinct ``SENT`` events at the simulator.
 """
 
 from __future__ import annotations
