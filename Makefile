@@ -19,13 +19,18 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/sbct-pipeline run
 
-test: install
+test: install browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The dashboard tests drive Debian's chromium headless; installs it when missing (needs root
 # and apt, as in CI). Does nothing when chromium is already there.
 browser:
-	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  test -n "$$SBCT_TEST_CHROMIUM" || \
+	  { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	    apt-get update -q && apt-get install -y -q chromium; } || \
+	  { echo "make: the dashboard tests need chromium: install it (Debian/Ubuntu: sudo apt-get install chromium)" \
+	         "or point SBCT_TEST_CHROMIUM at a Chrome/Chromium binary" >&2; exit 1; }
 
 # Re-vendor the dashboard's chart library from the npm registry (needs npm).
 UPLOT_VERSION ?= 1.6.32
