@@ -29,6 +29,7 @@ from .errors import PipelineError, Unavailable
 from .health import HealthState, create_health_app
 from .httputil import IN_FLIGHT
 from .settings import Settings, SettingsError
+from .tasks import until_up
 
 log = logs.get("sbct_pipeline.cli")
 
@@ -93,10 +94,12 @@ class _Component(Protocol):
 @contextlib.asynccontextmanager
 async def _connected(settings: Settings) -> AsyncIterator[tuple[Any, Broker]]:
     """The process's PostgreSQL pool and RabbitMQ connections, closed last."""
-    pool = await storage.create_pool(settings, light_reset=True)
+    wait = settings.startup_wait_s
+    pool = await until_up("PostgreSQL", lambda: storage.create_pool(settings, light_reset=True),
+                          wait)
     broker = Broker(settings)
     try:
-        await broker.connect(consume=True)
+        await until_up("RabbitMQ", lambda: broker.connect(consume=True), wait)
         yield pool, broker
     finally:
         await broker.close()

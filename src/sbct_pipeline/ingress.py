@@ -33,7 +33,7 @@ from .httputil import (
 )
 from .outbox import Outbox
 from .settings import Settings
-from .tasks import Periodic
+from .tasks import Periodic, until_up
 
 log = logs.get(__name__)
 
@@ -214,10 +214,11 @@ def create_app(settings: Settings) -> web.Application:
     app[IN_FLIGHT] = in_flight
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        pool = await storage.create_pool(settings)
+        pool = await until_up("PostgreSQL", lambda: storage.create_pool(settings),
+                              settings.startup_wait_s)
         broker = Broker(settings)
         try:
-            await broker.connect()
+            await until_up("RabbitMQ", broker.connect, settings.startup_wait_s)
         except BaseException:
             await pool.close()
             raise

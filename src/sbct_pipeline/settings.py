@@ -56,6 +56,7 @@ class Settings:
     delivery_rate_limit: float = 0.0
     max_attempts: int = 5
     drain_timeout_s: float = 20.0
+    startup_wait_s: float = 30.0
     metrics_port: int = 9100
     db_pool_size: int = 10
     callback_batch_size: int = 1000
@@ -180,6 +181,7 @@ def _validate(s: Settings) -> list[str]:
     need(s.worker_prefetch >= 1, "worker_prefetch", s.worker_prefetch, "must be >= 1")
     need(s.max_attempts >= 1, "max_attempts", s.max_attempts, "must be >= 1")
     need(s.drain_timeout_s >= 0, "drain_timeout_s", s.drain_timeout_s, "must be >= 0")
+    need(s.startup_wait_s >= 0, "startup_wait_s", s.startup_wait_s, "must be >= 0")
     need(s.db_pool_size >= 2, "db_pool_size", s.db_pool_size, "must be >= 2")
     need(1 <= s.callback_batch_size <= 1000, "callback_batch_size", s.callback_batch_size,
          "expected 1-1000 (CleverTap takes at most 1000 records a request)")

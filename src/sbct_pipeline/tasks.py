@@ -11,11 +11,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from . import logs
 from .errors import Unavailable
 
 log = logs.get(__name__)
+
+T = TypeVar("T")
+
+
+async def until_up(what: str, connect: Callable[[], Awaitable[T]], wait_s: float) -> T:
+    """``connect()``, retried while it raises :class:`Unavailable`, for up to ``wait_s``.
+
+    Processes start in any order (compose, Kubernetes, a restart during a database
+    failover): a dependency that answers a few seconds late must not kill the process. Past
+    ``wait_s`` the last error is raised, and it names what could not be reached.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    delay = 0.5
+    while True:
+        try:
+            return await connect()
+        except Unavailable as exc:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise
+            log.warning("startup.waiting", dependency=what, error=str(exc),
+                        retry_in_s=round(min(delay, left), 2), gives_up_in_s=round(left, 1))
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
 
 
 class Periodic:
