@@ -20,7 +20,14 @@ from . import storage
 from .auth import new_app_id, new_session_token, new_token
 from .context import AUTH, OUTBOX, POOL, REQUEST_ID, SETTINGS
 from .errors import BadRequest, NotFound
-from .httputil import json_response, read_json, text_param
+from .httputil import (
+    int_query,
+    json_response,
+    limit_query,
+    read_json,
+    target_id_param,
+    text_param,
+)
 from .stream import HUB, sse_event
 from .templates import TemplateSyntaxError, compile_template
 
@@ -245,27 +252,10 @@ async def delete_template(request: web.Request) -> web.Response:
 
 # ---------------------------------------------------------------- feed
 
-def _int_param(request: web.Request, name: str, default: int | None, lo: int,
-               hi: int) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter {name} must be an integer",
-                         code="invalid_param") from None
-    if not lo <= value <= hi:
-        raise BadRequest(f"query parameter {name} must be between {lo} and {hi}",
-                         code="invalid_param")
-    return value
-
-
 async def list_notifications(request: web.Request) -> web.Response:
     app_id, user_id = await _feed_app(request)
-    limit = _int_param(request, "limit", 20, 1, 100)
-    before = _int_param(request, "before", None, 1, 2**63 - 1)
-    assert limit is not None
+    limit = limit_query(request, 20, 100)
+    before = int_query(request, "before", None, 1, 2**63 - 1)
     rows, unread = await storage.list_feed(request.app[POOL], app_id, user_id, limit=limit,
                                            before=before)
     nxt = str(rows[-1]["id"]) if len(rows) == limit else None
@@ -392,12 +382,7 @@ async def create_session_token(request: web.Request) -> web.Response:
 
 async def campaign_stats(request: web.Request) -> web.Response:
     app_id = await _app_id(request)
-    try:
-        target_id = int(request.match_info["target_id"])
-    except ValueError:
-        raise BadRequest("target_id must be an integer", code="invalid_param") from None
-    if not -(2**63) <= target_id < 2**63:
-        raise BadRequest("target_id is out of range (64-bit integer)", code="invalid_param")
+    target_id = target_id_param(request)
     stats = await storage.campaign_stats(request.app[POOL], app_id, target_id)
     rate = stats["read"] / stats["sent"] if stats["sent"] else 0.0
     return _json({"target_id": target_id, **stats, "read_rate": round(rate, 4)})

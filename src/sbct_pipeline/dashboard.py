@@ -27,7 +27,7 @@ from aiohttp import web
 from . import storage
 from .context import AUTH, POOL
 from .errors import BadRequest, NotFound
-from .httputil import json_response
+from .httputil import json_response, limit_query, target_id_param
 
 STATIC_DIR = Path(__file__).with_name("dashboard_static")
 BUCKETS = {"minute": 60, "hour": 3600, "day": 86400}
@@ -44,21 +44,6 @@ _SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-
-
-def _limit(request: web.Request, default: int, hi: int) -> int:
-    raw = request.query.get("limit", "")
-    if raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest("query parameter limit must be an integer",
-                         code="invalid_param") from None
-    if not 1 <= value <= hi:
-        raise BadRequest(f"query parameter limit must be between 1 and {hi}",
-                         code="invalid_param")
-    return value
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -104,7 +89,7 @@ ORDER BY a.created_at DESC, a.app_id LIMIT $1
 
 async def list_apps(request: web.Request) -> web.Response:
     request.app[AUTH].check_admin(request.headers.get("Authorization"))
-    limit = _limit(request, MAX_APPS, MAX_APPS)
+    limit = limit_query(request, MAX_APPS, MAX_APPS)
     async with storage.guard("list apps"):
         rows = await request.app[POOL].fetch(_APPS_SQL, limit)
     return json_response({"apps": [
@@ -141,7 +126,7 @@ def _campaign_json(r: asyncpg.Record) -> dict[str, Any]:
 
 async def list_campaigns(request: web.Request) -> web.Response:
     app_id = await request.app[AUTH].app_for_token(request.headers.get("Api-token"))
-    limit = _limit(request, 50, MAX_CAMPAIGNS)
+    limit = limit_query(request, 50, MAX_CAMPAIGNS)
     async with storage.guard("list campaigns"):
         rows = await request.app[POOL].fetch(_CAMPAIGNS_SQL, app_id, limit)
     return json_response({"campaigns": [_campaign_json(r) for r in rows]})
@@ -184,24 +169,14 @@ def fill_series(rows: list[tuple[int, int, int, int]], step: int,
     return out
 
 
-def _target_id(request: web.Request) -> int:
-    try:
-        target_id = int(request.match_info["target_id"])
-    except ValueError:
-        raise BadRequest("target_id must be an integer", code="invalid_param") from None
-    if not -(2**63) <= target_id < 2**63:
-        raise BadRequest("target_id is out of range (64-bit integer)", code="invalid_param")
-    return target_id
-
-
 async def campaign_series(request: web.Request) -> web.Response:
     app_id = await request.app[AUTH].app_for_token(request.headers.get("Api-token"))
-    target_id = _target_id(request)
+    target_id = target_id_param(request)
     bucket = request.query.get("bucket", "minute")
     if bucket not in BUCKETS:
         raise BadRequest(f"query parameter bucket must be one of {', '.join(BUCKETS)}, "
                          f"not {bucket!r}", code="invalid_param")
-    limit = _limit(request, MAX_POINTS, MAX_POINTS)
+    limit = limit_query(request, MAX_POINTS, MAX_POINTS)
     async with storage.guard("campaign series"):
         rows = await request.app[POOL].fetch(_SERIES_SQL, app_id, target_id, bucket, limit)
     points = fill_series([(r["t"], r["sent"], r["read"], r["failed"]) for r in rows],

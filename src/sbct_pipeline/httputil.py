@@ -142,6 +142,41 @@ def text_param(request: web.Request, name: str, max_len: int = 200) -> str:
     return value
 
 
+def int_query(request: web.Request, name: str, default: int | None, lo: int,
+              hi: int) -> int | None:
+    """An integer query parameter in ``lo..hi``, ``default`` when absent; 400 naming it."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {name} must be an integer",
+                         code="invalid_param") from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"query parameter {name} must be between {lo} and {hi}",
+                         code="invalid_param")
+    return value
+
+
+def limit_query(request: web.Request, default: int, hi: int) -> int:
+    """The ``limit`` query parameter, 1 to ``hi``."""
+    value = int_query(request, "limit", default, 1, hi)
+    assert value is not None
+    return value
+
+
+def target_id_param(request: web.Request) -> int:
+    """The ``target_id`` path parameter: a 64-bit integer, as CleverTap's targetId."""
+    try:
+        target_id = int(request.match_info["target_id"])
+    except ValueError:
+        raise BadRequest("target_id must be an integer", code="invalid_param") from None
+    if not -(2**63) <= target_id < 2**63:
+        raise BadRequest("target_id is out of range (64-bit integer)", code="invalid_param")
+    return target_id
+
+
 # ---------------------------------------------------------------- graceful shutdown
 
 class InFlight:
