@@ -7,13 +7,15 @@ from typing import Any
 
 import asyncpg
 import orjson
+from aiohttp import web
 
 from sbct_pipeline.broker import Broker, retry_delay
-from sbct_pipeline.callbacks import interpret
+from sbct_pipeline.callbacks import Exporter, interpret, retry_after_seconds
 from sbct_pipeline.codec import Event, encode_events
-from sbct_pipeline.sim import Simulator
+from sbct_pipeline.settings import Settings
+from sbct_pipeline.sim import Simulator, create_sim_app
 
-from .conftest import Api, eventually
+from .conftest import Api, eventually, free_port, serve
 
 
 def _rec(i: int) -> dict[str, Any]:
@@ -43,6 +45,17 @@ def test_interpret_http_failures() -> None:
     assert interpret(0, "ConnectionError", recs, None).retry == [0, 1]
     assert interpret(401, {"status": "fail"}, recs, None).park_reason is not None
     assert [i for i, _ in interpret(400, {"error": "bad"}, recs, None).dead] == [0, 1]
+    # No upload API at the endpoint (a wrong api_endpoint): parked like refused credentials.
+    assert "api_endpoint" in (interpret(404, "Not Found", recs, None).park_reason or "")
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    """Retry-After is delta-seconds or an HTTP-date (RFC 9110); junk means "not given"."""
+    now = 1_764_806_400.0  # Thu, 04 Dec 2025 00:00:00 GMT
+    assert retry_after_seconds("7") == 7.0 and retry_after_seconds("-3") == 0.0
+    assert retry_after_seconds("Thu, 04 Dec 2025 00:00:30 GMT", now=now) == 30.0
+    assert retry_after_seconds("Wed, 03 Dec 2025 23:00:00 GMT", now=now) == 0.0
+    assert [retry_after_seconds(v) for v in (None, "", "soon", "nan")] == [None] * 4
 
 
 async def _publish_events(broker: Broker, app_id: str, n: int, per_message: int) -> None:
@@ -63,6 +76,26 @@ async def test_events_are_batched_to_clevertap(
     assert sim.answers[200] <= 5
     assert sim.events[0]["evtData"] == {"status": "SENT", "target_id": 42}
     assert sim.events[0]["type"] == "event" and sim.events[0]["evtName"] == "Camp"
+
+
+async def test_one_process_keeps_to_15_requests_in_flight_per_account(
+        settings: Settings, pool: asyncpg.Pool, ingress: Api, broker: Broker,
+        sim: Simulator) -> None:
+    """40 batches ready at once against slow answers: 15 in flight, never a 429."""
+    app = await ingress.new_app(sim)
+    sim.faults.update({"slow_ms": 300, "slow_rate": 1.0})
+    b = Broker(settings)
+    await b.connect(consume=True)
+    e = Exporter(pool, b, settings.with_overrides(callback_batch_size=50))
+    await e.start()
+    try:
+        await _publish_events(broker, app["app_id"], 2000, 50)
+        await eventually(lambda: _accepted(sim, 2000), timeout=60)
+    finally:
+        await e.stop()
+        await b.close()
+    assert sim.peak_in_flight == 15 and sim.answers[429] == 0
+    assert sim.answers[200] == 40 and sim.stats()["duplicates"] == 0
 
 
 async def _accepted(sim: Simulator, n: int) -> bool:
@@ -189,3 +222,34 @@ async def _in_flight(sim: Simulator) -> bool:
 
 async def _answered(sim: Simulator, status: int) -> bool:
     return sim.answers[status] > 0
+
+
+async def test_a_base_url_with_a_path_works_and_a_wrong_one_parks_until_fixed(
+        ingress: Api, exporter: Any, broker: Broker, sim: Simulator, pool: asyncpg.Pool) -> None:
+    """Any http(s) base URL works (here with a path, as behind a proxy); one with no upload
+    API (404) parks the app's events, and correcting api_endpoint releases them."""
+    outer = web.Application()
+    outer.add_subapp("/clevertap/", create_sim_app(sim))
+    port = free_port()
+    runner = await serve(outer, port)
+    try:
+        app = await ingress.new_app(sim)
+        path = f"/v1/apps/{app['app_id']}/integrations/clevertap"
+        settings = {"event_callback": True, "project_id": sim.account_id,
+                    "passcode": sim.passcode}
+        status, _ = await ingress.call("PUT", path, admin=True, json={
+            **settings, "api_endpoint": f"http://127.0.0.1:{port}/wrong-path/"})
+        assert status == 200
+        exporter.integrations.invalidate(app["app_id"])
+        await _publish_events(broker, app["app_id"], 10, 5)
+        await eventually(lambda: pool.fetchval("SELECT count(*) = 2 FROM parked_events"))
+        reason = await pool.fetchval("SELECT reason FROM parked_events LIMIT 1")
+        assert "404" in reason and "api_endpoint" in reason and sim.events == []
+        status, body = await ingress.call("PUT", path, admin=True, json={
+            **settings, "api_endpoint": f"http://127.0.0.1:{port}/clevertap/"})
+        assert status == 200 and body["api_endpoint"] == f"http://127.0.0.1:{port}/clevertap"
+        await eventually(lambda: _accepted(sim, 10), timeout=30)
+        assert await pool.fetchval("SELECT count(*) FROM parked_events") == 0
+        assert sim.stats()["duplicates"] == 0
+    finally:
+        await runner.cleanup()

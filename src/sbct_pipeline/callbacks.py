@@ -13,9 +13,9 @@ account. Each record ends in exactly one of:
 - retried: republished to a delay queue (429 honours ``Retry-After``; 5xx, timeouts and
   connection errors back off exponentially with jitter, see ``broker.retry_later``), never
   a sleeping consumer;
-- parked (``401``/``403``): kept in ``parked_events`` with the integration settings that
-  were refused, until the app's integration settings change; then republished by
-  :meth:`Exporter.resume_parked`.
+- parked (``401``/``403``; also ``404``/``405``, no upload API at the configured endpoint):
+  kept in ``parked_events`` with the integration settings that were refused, until the
+  app's integration settings change; then republished by :meth:`Exporter.resume_parked`.
 
 Only when all of a message's records have ended, and the non-accepted ones are durable
 elsewhere (delay queue, dead-letter queue, ``parked_events``), does the message get acked.
@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
+import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -171,6 +173,13 @@ def interpret(status: int, body: Any, records: Sequence[dict[str, Any]],
         return out
     if status in (401, 403):
         out.park_reason = f"CleverTap answered {status}: credentials refused"
+        return out
+    if status in (404, 405):
+        # No upload route at this address: the api_endpoint is wrong (a typo, a path), a
+        # settings problem like refused credentials, so the events wait for new settings
+        # rather than being dead-lettered one batch after another.
+        out.park_reason = (f"CleverTap answered {status}: no upload API at this api_endpoint "
+                           "(check the integration's api_endpoint)")
         return out
     if status == 429:
         out.retry = list(range(n))
@@ -351,7 +360,7 @@ class Exporter:
                 ) as resp:
                     status = resp.status
                     raw = await resp.read()
-                    retry_after = _retry_after(resp.headers.get("Retry-After"))
+                    retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
                 try:
                     body = orjson.loads(raw) if raw else None
                 except orjson.JSONDecodeError:
@@ -548,11 +557,20 @@ def _reason_label(reason: str) -> str:
     return "error"
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds: delta-seconds or an HTTP-date (RFC 9110); None if absent
+    or unreadable (then the caller's own backoff applies)."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        return None
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return None if math.isnan(seconds) else max(0.0, seconds)
 
