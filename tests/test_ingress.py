@@ -166,6 +166,11 @@ async def test_admin_api_requires_the_admin_token(ingress: Api) -> None:
         "event_callback": True, "project_id": "P", "passcode": "supersecretcode",
         "api_endpoint": "ftp://x"})
     assert status == 400 and "api_endpoint" in body["error"]["message"]
+    for url in ("https://in1.api.clevertap.com/?region=in1", "https://x.example/#a"):
+        status, body = await ingress.call("PUT", path, admin=True, json={
+            "event_callback": True, "project_id": "P", "passcode": "supersecretcode",
+            "api_endpoint": url})
+        assert status == 400 and "without '?query'" in body["error"]["message"], body
     status, body = await ingress.call("PUT", path, admin=True, json={
         "event_callback": True, "project_id": "P", "passcode": "supersecretcode",
         "api_endpoint": "https://in1.api.clevertap.com/"})

@@ -159,6 +159,12 @@ def _validate_endpoint(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadRequest("api_endpoint must be an http(s) base URL, e.g. "
                          "https://in1.api.clevertap.com", code="invalid_field")
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        # "/1/upload" is appended to the base URL: after a query or fragment it would not be
+        # part of the path, and every upload would go to the wrong place.
+        raise BadRequest("api_endpoint must be a base URL without '?query' or '#fragment' "
+                         "(the path /1/upload is appended to it), got " + repr(value[:100]),
+                         code="invalid_field")
     return value.rstrip("/")
 
 

@@ -129,7 +129,8 @@ _COMPONENTS: S = {
             "project_id": {"type": "string", "maxLength": 200},
             "passcode": {"type": "string", "maxLength": 200},
             "api_endpoint": {"type": "string", "maxLength": 500,
-                             "description": "http(s) base URL; /1/upload is appended"},
+                             "description": "http(s) base URL (no query or fragment); "
+                                            "/1/upload is appended"},
         }, required=["event_callback"], extra=True) | {
             "if": {"properties": {"event_callback": {"const": True}}},
             "then": {"required": ["project_id", "passcode", "api_endpoint"]},
