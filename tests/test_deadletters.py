@@ -131,6 +131,11 @@ async def test_cli_list_and_replay(settings: Settings, broker: Broker) -> None:
     assert orjson.loads(out.stdout.splitlines()[0])["records"] == 3
     bad = _cli(settings, "list", "--limit", "0")
     assert bad.returncode == 2 and "--limit" in bad.stderr
+    bad = _cli(settings, "replay", "--app", "")
+    assert bad.returncode == 2 and "--app" in bad.stderr and "empty" in bad.stderr
+    out = _cli(settings, "replay", "--app", "app_other")
+    assert out.returncode == 0 and orjson.loads(out.stdout)["kept_messages"] == 1
+    assert "nothing replayed" in out.stderr and "app_other" in out.stderr
     out = _cli(settings, "replay", "--app", "app_cli")
     assert out.returncode == 0, out.stderr
     assert orjson.loads(out.stdout)["replayed_records"] == 3

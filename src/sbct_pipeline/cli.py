@@ -254,6 +254,10 @@ async def cmd_deadletters(settings: Settings, args: argparse.Namespace) -> None:
         else:
             result = await deadletters.replay(broker, kind=args.kind, app=args.app)
             print(orjson.dumps(dataclasses.asdict(result)).decode())
+            if not result.replayed_messages:
+                which = f" holds records of app {args.app!r}" if args.app else " is replayable"
+                print(f"sbct-pipeline: nothing replayed: no dead letter{which} "
+                      f"({result.kept_messages} kept)", file=sys.stderr)
     finally:
         await broker.close()
 
@@ -305,7 +309,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="at most N messages per queue (default 100)")
     dl_list.add_argument("--json", action="store_true", help="one JSON object per line")
     dl_replay = dl_sub.add_parser("replay", help="republish dead letters to their queues")
-    dl_replay.add_argument("--app", default=None, help="only this app's messages/records")
+    dl_replay.add_argument("--app", type=_app_id, default=None,
+                           help="only this app's messages/records")
     dl_replay.add_argument("--kind", choices=("events", "jobs"), default=None,
                            help="only this dead-letter queue (default: both)")
     sim = sub.add_parser("clevertap-sim", help="a local stand-in for CleverTap's upload API")
@@ -336,6 +341,12 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], Coroutine[Any, Any,
     "callbacks": cmd_callbacks, "run": cmd_run, "app": cmd_app_create,
     "clevertap-sim": cmd_sim, "bench": cmd_bench, "deadletters": cmd_deadletters,
 }
+
+
+def _app_id(raw: str) -> str:
+    if not raw.strip():
+        raise argparse.ArgumentTypeError("an app id (app_...) is required, got an empty string")
+    return raw
 
 
 def _positive_int(raw: str) -> int:
