@@ -8,8 +8,9 @@ import aiohttp
 import asyncpg
 import pytest
 
+from sbct_pipeline import metrics
 from sbct_pipeline.broker import Broker
-from sbct_pipeline.health import HealthState, create_health_app
+from sbct_pipeline.health import HealthState, QueueDepths, create_health_app
 from sbct_pipeline.settings import Settings
 
 from .conftest import free_port, serve
@@ -53,3 +54,13 @@ async def test_readyz_names_a_broker_that_is_down(
     assert status == 503
     assert body["status"] == "unavailable"
     assert set(body["problems"]) == {"broker"}  # type: ignore[arg-type]
+
+
+async def test_queue_depths_count_event_messages_waiting_for_a_retry(broker: Broker) -> None:
+    """``sbct_queue_depth{queue="delay.events"}`` sums the event delay queues: a backlog that
+    no process holds, visible even after the callbacks process that sent it restarted."""
+    await broker.retry_later("events", b"[]", attempt=12)  # the 2048 s level
+    await broker.retry_later("events", b"[]", attempt=1, delay=3000.0)  # the 3600 s level
+    await QueueDepths(broker).refresh()
+    assert metrics.QUEUE_DEPTH.labels(queue="delay.events")._value.get() == 2
+    assert metrics.QUEUE_DEPTH.labels(queue="events")._value.get() == 0

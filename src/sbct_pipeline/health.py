@@ -4,8 +4,9 @@ Workers and callback consumers serve these on ``SBCT_METRICS_PORT``. The app reu
 process's own PostgreSQL pool and RabbitMQ connections, so a probe costs one ``SELECT 1``
 and no new connection. ``/readyz`` answers ``503`` once the process is draining (SIGTERM
 received), when PostgreSQL does not answer, or when a RabbitMQ connection is down. The app
-also refreshes ``sbct_queue_depth`` for every main and dead-letter queue, so queue depths are
-scraped from workers even where no ingress runs.
+also refreshes ``sbct_queue_depth`` for every main and dead-letter queue (and
+``delay.events``, event messages waiting for a retry), so queue depths are scraped from
+workers even where no ingress runs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import logs, metrics
-from .broker import Broker
+from .broker import EVENT_RETRY_LEVELS, Broker
 from .errors import BrokerUnavailable
 from .tasks import Periodic
 
@@ -51,15 +52,22 @@ class QueueDepths:
         # Gauge label -> full queue name; labels drop the prefix, as the ingress's do.
         self.queues = {k: n.queue(k) for k in DEPTH_QUEUES}
         self.queues |= {f"dead.{k}": n.dead(k) for k in DEAD_QUEUES}
+        # Event messages waiting for a retry, summed over the delay levels: the export
+        # backlog that no process holds (after a restart during a CleverTap outage, the
+        # export lag gauge sees them only when they are due again).
+        self.delayed_events = [n.delay("events", s) for s in EVENT_RETRY_LEVELS]
 
     async def refresh(self) -> None:
         try:
-            depths = await self.broker.queue_depths(list(self.queues.values()))
+            depths = await self.broker.queue_depths(
+                list(self.queues.values()) + self.delayed_events)
         except BrokerUnavailable as exc:
             log.warning("health.depth_unavailable", error=str(exc))
             return
         for label, name in self.queues.items():
             metrics.QUEUE_DEPTH.labels(queue=label).set(depths[name])
+        metrics.QUEUE_DEPTH.labels(queue="delay.events").set(
+            sum(depths[name] for name in self.delayed_events))
 
 
 def create_health_app(*, pool: asyncpg.Pool, broker: Broker,

@@ -167,7 +167,8 @@ async def test_consumer_process_serves_probes_and_metrics(
         status, text = await _get(base + "/metrics")
         assert status == 200
         # The refresher publishes the depth of every main and dead-letter queue.
-        for queue in ("single", "multi", "chunks", "events", "dead.jobs", "dead.events"):
+        for queue in ("single", "multi", "chunks", "events", "dead.jobs", "dead.events",
+                      "delay.events"):
             assert f'sbct_queue_depth{{queue="{queue}"}} 0.0' in text, text
         for series in ("sbct_deliveries_total", "sbct_retries_total", "sbct_dead_letters_total",
                        "sbct_events_exported_total", "sbct_export_lag_seconds",
