@@ -6,6 +6,8 @@ Tokens are stored as SHA-256 and compared in constant time. A deleted API token 
 at once on the ingress process that deleted it (its cache entry is dropped) and within
 ``CACHE_TTL_S`` seconds on every other ingress process (their cache entries expire). A session
 token is valid for one user of one app until its ``expires_at``; the cache never outlives that.
+However many requests miss the API token cache at once, one query per token refreshes it
+(:mod:`singleflight`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncpg
 
 from . import storage
 from .errors import Forbidden, Unauthorized
+from .singleflight import Flights
 
 CACHE_TTL_S = 5.0
 TOKEN_PREFIX = "sbct"
@@ -56,34 +59,46 @@ class Authenticator:
         self.pool = pool
         self.admin_token = admin_token
         self._cache: dict[str, tuple[str, float]] = {}
+        self._lookups: Flights[str, str | None] = Flights()
         # session token -> (app_id, user_id, expires_at epoch s, cached until monotonic)
         self._sessions: dict[str, tuple[str, str, float, float]] = {}
 
     async def app_for_token(self, token: str | None) -> str:
         if not token:
             raise Unauthorized("the Api-token header is required", code="missing_token")
-        now = time.monotonic()
         hit = self._cache.get(token)
-        if hit is not None and hit[1] > now:
+        if hit is not None and hit[1] > time.monotonic():
             return hit[0]
+        # One database look-up per token however many requests miss the cache at once
+        # (it expires under load for every request in flight together).
+        app_id = await self._lookups.run(token, lambda: self._load(token))
+        if app_id is None:
+            raise Unauthorized("the Api-token is not valid", code="invalid_token")
+        return app_id
+
+    async def _load(self, token: str) -> str | None:
         token_id = _token_id(token)
         row = await storage.get_token(self.pool, token_id) if token_id else None
         if row is None or not hmac.compare_digest(bytes(row["token_hash"]),
                                                   storage.hash_token(token)):
-            raise Unauthorized("the Api-token is not valid", code="invalid_token")
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[token] = (row["app_id"], now + CACHE_TTL_S)
+            return None
+        # Not when forget() ran meanwhile: the row may be of a token deleted since.
+        if self._lookups.current(token):
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[token] = (str(row["app_id"]), time.monotonic() + CACHE_TTL_S)
         return str(row["app_id"])
 
     def forget(self, token_id: str | None = None) -> None:
         """Drop cached API tokens: all, or those of ``token_id`` (just deleted)."""
         if token_id is None:
             self._cache.clear()
+            self._lookups.forget()
             return
         head = f"{TOKEN_PREFIX}_{token_id}."
         for token in [t for t in self._cache if t.startswith(head)]:
             del self._cache[token]
+        self._lookups.forget(lambda t: t.startswith(head))
 
     async def feed_app(self, api_token: str | None, authorization: str | None,
                        user_id: str) -> str:

@@ -33,6 +33,7 @@ from .httputil import (
 )
 from .outbox import Outbox
 from .settings import Settings
+from .singleflight import Flights
 from .tasks import Periodic, until_up
 
 log = logs.get(__name__)
@@ -50,6 +51,7 @@ class WebhookGuards:
         self.broker = broker
         self._limiters: dict[str, AsyncLimiter] = {}
         self._templates: dict[tuple[str, str], float] = {}
+        self._template_lookups: Flights[tuple[str, tuple[str, ...]], set[str]] = Flights()
         self.depth: dict[str, int] = {}
         self.depth_ok = True
 
@@ -67,17 +69,24 @@ class WebhookGuards:
 
     async def templates_exist(self, app_id: str, keys: set[str]) -> None:
         now = time.monotonic()
-        unknown = [k for k in keys if self._templates.get((app_id, k), 0) < now]
+        unknown = tuple(sorted(k for k in keys if self._templates.get((app_id, k), 0) < now))
         if not unknown:
             return
-        found = await storage.existing_template_keys(self.pool, app_id, unknown)
-        for k in found:
-            self._templates[(app_id, k)] = now + TEMPLATE_CACHE_TTL_S
+        # One query per (app, keys) however many requests find the cache expired at once.
+        found = await self._template_lookups.run(
+            (app_id, unknown), lambda: self._load_templates(app_id, unknown))
         missing = sorted(set(unknown) - found)
         if missing:
             raise BadRequest(f"key_values.template_key names no template of this app: "
                              f"{', '.join(repr(m) for m in missing[:5])}",
                              code="unknown_template")
+
+    async def _load_templates(self, app_id: str, keys: tuple[str, ...]) -> set[str]:
+        found = await storage.existing_template_keys(self.pool, app_id, keys)
+        until = time.monotonic() + TEMPLATE_CACHE_TTL_S
+        for k in found:
+            self._templates[(app_id, k)] = until
+        return found
 
     def check_depth(self, kinds: tuple[str, ...]) -> None:
         if not self.depth_ok:
