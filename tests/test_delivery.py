@@ -201,3 +201,37 @@ async def test_feed_pagination_is_stable(ingress: Api, worker: Any, pool: asyncp
             break
         cursor = body["next"]
     assert seen == sorted(seen, reverse=True) and len(set(seen)) == 5
+
+
+async def test_dedicated_workers_consume_only_their_queues(
+        ingress: Api, settings: Any, pool: asyncpg.Pool, broker: Broker) -> None:
+    """A SBCT_WORKER_QUEUES=single worker delivers Journeys and leaves campaigns queued; a
+    multi worker then delivers the campaign."""
+    from sbct_pipeline.delivery import Worker
+
+    app = await ingress.new_app()
+    tok = app["api_token"]
+    await ingress.template(tok)
+    journeys = Worker(pool, broker, settings.with_overrides(worker_queues="single"))
+    await journeys.start()
+    try:
+        status, _ = await ingress.call("POST", MULTI, token=tok,
+                                       json=webhook(users=["c1", "c2"]))
+        assert status == 200
+        status, _ = await ingress.call("POST", SINGLE, token=tok, json=webhook(users=["j1"]))
+        assert status == 200
+        await eventually(lambda: _count(pool, "SELECT count(*) FROM notifications"
+                                        " WHERE user_id = 'j1'"))
+        assert await broker.queue_depth("multi") == 1
+        assert await _count(pool, "SELECT count(*) FROM notifications"
+                            " WHERE user_id LIKE 'c%'") == 0
+    finally:
+        await journeys.stop()
+    campaigns = Worker(pool, broker, settings.with_overrides(worker_queues="multi"))
+    await campaigns.start()
+    try:
+        await eventually(lambda: _count(pool, "SELECT count(*) = 2 FROM notifications"
+                                        " WHERE user_id LIKE 'c%'"))
+        assert [c.kind for c in campaigns.consumers] == ["multi", "chunks"]
+    finally:
+        await campaigns.stop()

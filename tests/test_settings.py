@@ -33,6 +33,8 @@ def test_values_are_cast() -> None:
     ({"SBCT_QUEUE_TYPE": "stream"}, "SBCT_QUEUE_TYPE"),
     ({"SBCT_CALLBACK_BATCH_SIZE": "5000"}, "SBCT_CALLBACK_BATCH_SIZE"),
     ({"SBCT_CHUNK_SIZ": "5"}, "SBCT_CHUNK_SIZ"),
+    ({"SBCT_WORKER_QUEUES": "chunks"}, "SBCT_WORKER_QUEUES"),
+    ({"SBCT_WORKER_QUEUES": " , "}, "SBCT_WORKER_QUEUES"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], named: str) -> None:
     """A bad or unknown variable fails at start with its name in the message."""
@@ -46,3 +48,12 @@ def test_secrets_are_masked() -> None:
     s = Settings(admin_token="s3cret", amqp_url="amqp://u:pw@h:5672/")
     assert "s3cret" not in repr(s) and "pw@" not in repr(s)
     assert "s3cret" not in str(s.public())
+
+
+@pytest.mark.parametrize(("raw", "kinds"), [
+    ("single,multi", {"single", "multi"}), ("single", {"single"}), (" multi ", {"multi"}),
+    ("multi, single", {"single", "multi"}),
+])
+def test_worker_queues_are_read_as_a_set(raw: str, kinds: set[str]) -> None:
+    """SBCT_WORKER_QUEUES accepts single, multi or both, in any order and spacing."""
+    assert Settings.from_env({"SBCT_WORKER_QUEUES": raw}).worker_queue_kinds == kinds

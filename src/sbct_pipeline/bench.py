@@ -2,8 +2,11 @@
 
 Runs on the local RabbitMQ and PostgreSQL with its own database (``sbct_bench_<tag>``) and
 AMQP prefix (``bench_<tag>``), both created at start and dropped at the end. The pipeline
-runs as real processes: ``clevertap-sim``, ``ingress``, N ``worker`` and one ``callbacks``
+runs as real processes: ``clevertap-sim``, ``ingress``, the workers and one ``callbacks``
 subprocess, started the way an operator starts them (``python -m sbct_pipeline.cli``). The
+workers are laid out as docs/operations.md recommends: ``--workers`` campaign workers
+(``SBCT_WORKER_QUEUES=multi``) and ``--journey-workers`` (default 1) Journey workers
+(``SBCT_WORKER_QUEUES=single``); ``--journey-workers 0`` runs every worker on every queue. The
 load generators, the probes and the baselines run in this process, so every ratio compares
 two things measured in the same run on the same (noisy, shared) machine.
 
@@ -134,6 +137,7 @@ class Bench:
     quick: bool
     workers: int
     base: Settings
+    journey_workers: int
     out: Path
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     rows: list[Row] = field(default_factory=list)
@@ -216,8 +220,18 @@ class Bench:
         return p
 
     async def start_workers(self, n: int) -> list[Proc]:
-        out = [self.spawn(f"worker{i}", "worker") for i in range(n)]
+        """``n`` campaign workers, plus ``--journey-workers`` Journey workers if any.
+
+        With Journey workers the campaign workers run ``SBCT_WORKER_QUEUES=multi`` and the
+        others ``single``; without, every worker consumes every queue (the default).
+        """
+        journeys = self.journey_workers
+        env = {"SBCT_WORKER_QUEUES": "multi"} if journeys else None
+        out = [self.spawn(f"worker{i}", "worker", env=env) for i in range(n)]
+        out += [self.spawn(f"journeys{i}", "worker", env={"SBCT_WORKER_QUEUES": "single"})
+                for i in range(journeys)]
         await self._wait_consumers("chunks", n)
+        await self._wait_consumers("single", n * (not journeys) + journeys)
         return out
 
     async def start_callbacks(self) -> Proc:
@@ -604,6 +618,13 @@ SECTIONS: list[tuple[str, Section]] = [
 ]
 
 
+def _layout(b: Bench) -> str:
+    if not b.journey_workers:
+        return f"{b.workers} worker (every queue)"
+    return (f"{b.workers} campaign worker (`SBCT_WORKER_QUEUES=multi`) and "
+            f"{b.journey_workers} Journey worker (`SBCT_WORKER_QUEUES=single`)")
+
+
 def _render_doc(b: Bench, started: datetime, argv: list[str]) -> str:
     return (
         "# Benchmarks\n\n"
@@ -612,7 +633,7 @@ def _render_doc(b: Bench, started: datetime, argv: list[str]) -> str:
         "local RabbitMQ and PostgreSQL shared with other work on the machine: absolute "
         "figures are noisy, ratios to the baseline measured in the same run are what "
         "count.\n\n"
-        f"Processes: clevertap-sim, ingress, {b.workers} worker, callbacks as subprocesses; "
+        f"Processes: clevertap-sim, ingress, {_layout(b)}, callbacks as subprocesses; "
         "load, probes and baselines in the bench process. Bench settings: "
         "`SBCT_SINGLE_RATE_LIMIT=0`, `SBCT_MAX_QUEUE_DEPTH=10000000`, other settings at "
         "their defaults.\n\n" + b.table() + "\n"
@@ -622,7 +643,8 @@ def _render_doc(b: Bench, started: datetime, argv: list[str]) -> str:
 
 async def run_bench(args: argparse.Namespace, settings: Settings,
                     argv: list[str]) -> Bench:
-    b = Bench(quick=args.quick, workers=args.workers, base=settings, out=Path(args.out))
+    b = Bench(quick=args.quick, workers=args.workers, base=settings, out=Path(args.out),
+              journey_workers=args.journey_workers)
     started = datetime.now(UTC)
     print(f"bench: database sbct_bench_{b.tag}, prefix {b.settings.amqp_prefix}, "
           f"logs in {b.logdir}", flush=True)
@@ -652,7 +674,12 @@ async def run_bench(args: argparse.Namespace, settings: Settings,
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="scaled down: under a minute")
-    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="campaign worker processes (default 2)")
+    p.add_argument("--journey-workers", type=int, default=1,
+                   help="worker processes with SBCT_WORKER_QUEUES=single beside them, the "
+                        "campaign workers then taking SBCT_WORKER_QUEUES=multi (default 1; "
+                        "0: every worker consumes every queue)")
     p.add_argument("--only", action="append", choices=[n for n, _ in SECTIONS],
                    help="run only this section (repeatable)")
     p.add_argument("--out", default="docs/benchmarks.md",

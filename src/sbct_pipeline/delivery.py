@@ -9,6 +9,9 @@ Three queues, three consumers, so a running million-user campaign never delays a
 - ``chunks``: one chunk delivered as one batch: render every user, one multi-row insert with
   dedupe, one outbox row for the chunk's SENT events, published after commit.
 
+``SBCT_WORKER_QUEUES`` picks the consumers of a process: ``single``, ``multi`` (multi and
+chunks) or both (the default), so Journeys can have worker processes of their own.
+
 Rendering failures (a missing variable, a template deleted since the webhook) are recorded
 per user in ``delivery_failures`` and counted as ``failed``; they never fail the batch.
 """
@@ -156,18 +159,24 @@ class Worker:
         self.broker = broker
         self.outbox = Outbox(pool, broker, settings)
         self.deliverer = Deliverer(pool, broker, self.outbox, settings)
-        self.consumers = [
-            Consumer(broker, "single", self._on_single, prefetch=max(8, settings.worker_prefetch)),
-            Consumer(broker, "multi", self._on_multi, prefetch=1),
-            Consumer(broker, "chunks", self._on_chunk, prefetch=settings.worker_prefetch),
-        ]
+        kinds = settings.worker_queue_kinds
+        self.consumers = []
+        if "single" in kinds:
+            self.consumers.append(Consumer(broker, "single", self._on_single,
+                                           prefetch=max(8, settings.worker_prefetch)))
+        if "multi" in kinds:
+            self.consumers += [
+                Consumer(broker, "multi", self._on_multi, prefetch=1),
+                Consumer(broker, "chunks", self._on_chunk, prefetch=settings.worker_prefetch),
+            ]
         self._sweeper = Periodic("outbox-sweeper", self.outbox.sweep, settings.outbox_sweep_s)
 
     async def start(self) -> None:
         for c in self.consumers:
             await c.start()
         self._sweeper.start()
-        log.info("worker.started", prefix=self.settings.amqp_prefix)
+        log.info("worker.started", prefix=self.settings.amqp_prefix,
+                 queues=[c.kind for c in self.consumers])
 
     async def stop(self) -> None:
         await asyncio.gather(*(c.stop(self.settings.drain_timeout_s) for c in self.consumers))

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 PREFIX = "SBCT_"
+WORKER_QUEUES = ("single", "multi")
 
 
 class SettingsError(ValueError):
@@ -53,6 +54,10 @@ class Settings:
     publish_timeout_s: float = 2.0
     max_queue_depth: int = 20_000
     worker_prefetch: int = 4
+    # Which job queues a worker process consumes: "single" (Journeys), "multi" (Campaigns:
+    # the multi and chunks queues), or both. Dedicated Journey workers keep campaign
+    # rendering off the CPU and event loop that deliver Journeys.
+    worker_queues: str = "single,multi"
     delivery_rate_limit: float = 0.0
     max_attempts: int = 5
     drain_timeout_s: float = 20.0
@@ -122,6 +127,11 @@ class Settings:
             raise SettingsError("; ".join(problems))
         return cls(**values)
 
+    @property
+    def worker_queue_kinds(self) -> frozenset[str]:
+        """``SBCT_WORKER_QUEUES`` as a set of ``single`` and/or ``multi``."""
+        return frozenset(q.strip() for q in self.worker_queues.split(",") if q.strip())
+
     def with_overrides(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -179,6 +189,9 @@ def _validate(s: Settings) -> list[str]:
     need(s.publish_timeout_s > 0, "publish_timeout_s", s.publish_timeout_s, "must be > 0")
     need(s.max_queue_depth > 0, "max_queue_depth", s.max_queue_depth, "must be > 0")
     need(s.worker_prefetch >= 1, "worker_prefetch", s.worker_prefetch, "must be >= 1")
+    queues = [q.strip() for q in s.worker_queues.split(",") if q.strip()]
+    need(bool(queues) and all(q in WORKER_QUEUES for q in queues), "worker_queues",
+         s.worker_queues, "expected single, multi or single,multi (comma-separated)")
     need(s.max_attempts >= 1, "max_attempts", s.max_attempts, "must be >= 1")
     need(s.drain_timeout_s >= 0, "drain_timeout_s", s.drain_timeout_s, "must be >= 0")
     need(s.startup_wait_s >= 0, "startup_wait_s", s.startup_wait_s, "must be >= 0")
