@@ -123,7 +123,7 @@ async def test_single_webhooks_answer_while_a_10k_multi_is_processed(
     tok = app["api_token"]
     await ingress.template(tok)
     big = orjson.dumps(webhook(users=[f"big{i}" for i in range(10_000)]))
-    assert len(big) > 800_000  # several hundred KB: parsed in a thread
+    assert len(big) > 800_000  # several hundred KB: parsed in a helper process
     lags: list[float] = []
     stop = asyncio.Event()
 

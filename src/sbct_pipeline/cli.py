@@ -174,10 +174,11 @@ async def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def cmd_ingress(settings: Settings, args: argparse.Namespace) -> None:
-    from .ingress import create_app
+    from .ingress import PARSER, create_app
 
-    async with _site(create_app(settings), settings.http_host, settings.http_port,
-                     settings.drain_timeout_s):
+    app = create_app(settings)
+    async with _site(app, settings.http_host, settings.http_port, settings.drain_timeout_s):
+        await app[PARSER].start()
         await _wait_for_signal()
 
 
@@ -196,13 +197,14 @@ async def cmd_callbacks(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> None:
-    from .ingress import create_app
+    from .ingress import PARSER, create_app
 
     await storage.migrate(settings)
+    app = create_app(settings)
     # Stop order (reverse): ingress first, so nothing new arrives while consumers drain.
     async with _callbacks(settings), _worker(settings), _site(
-            create_app(settings), settings.http_host, settings.http_port,
-            settings.drain_timeout_s):
+            app, settings.http_host, settings.http_port, settings.drain_timeout_s):
+        await app[PARSER].start()
         print(f"sbct-pipeline running on http://{settings.http_host}:{settings.http_port}",
               file=sys.stderr, flush=True)
         await _wait_for_signal()

@@ -108,8 +108,8 @@ async def error_middleware(request: web.Request,
 
 # ---------------------------------------------------------------- request helpers
 
-async def read_json(request: web.Request) -> Any:
-    """The body decoded as JSON; 415 for another content type, 400 naming the JSON error."""
+async def read_body(request: web.Request) -> bytes:
+    """The raw body of a JSON request; 415 for another content type, 413 over the limit."""
     ctype = request.headers.get("Content-Type", "")
     if ctype and "json" not in ctype.lower():
         raise UnsupportedMediaType(f"Content-Type must be application/json, not {ctype!r}")
@@ -117,20 +117,29 @@ async def read_json(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body is {request.content_length} bytes; the limit is "
                               f"{limit} (SBCT_MAX_BODY_BYTES)")
-    body = await request.read()
+    return await request.read()
+
+
+def decode_json(body: bytes) -> Any:
+    """A body decoded as JSON; 400 naming the JSON error (pure: runs in parse processes)."""
     if not body:
         raise BadRequest("the body is empty; a JSON object is required", code="invalid_json")
     try:
-        if len(body) > THREAD_PARSE_BYTES:
-            value = await asyncio.to_thread(orjson.loads, body)
-        else:
-            value = orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"malformed JSON: {exc}", code="invalid_json") from None
     if b"\\u0000" in body and _NUL_ESCAPE.search(body):
         raise BadRequest("strings must not contain the NUL character (\\u0000)",
                          code="invalid_json")
     return value
+
+
+async def read_json(request: web.Request) -> Any:
+    """The body decoded as JSON; 415 for another content type, 400 naming the JSON error."""
+    body = await read_body(request)
+    if len(body) > THREAD_PARSE_BYTES:
+        return await asyncio.to_thread(decode_json, body)
+    return decode_json(body)
 
 
 def text_param(request: web.Request, name: str, max_len: int = 200) -> str:

@@ -3,8 +3,9 @@
 A webhook is authenticated, parsed, checked (templates exist, rate limit, queue depth),
 published to RabbitMQ as one job message, and answered ``200`` only after the broker's
 publisher confirm (CONTRACT section 3). Nothing else happens on the request path: expansion
-and delivery are the workers'. Large bodies are decoded in a thread so one 10,000-profile
-campaign cannot hold the event loop away from Journey webhooks.
+and delivery are the workers'. Large bodies are decoded, parsed and encoded as a job in
+helper processes (:mod:`parsing`, ``SBCT_PARSE_PROCESSES``) so campaigns of any size cannot
+hold the event loop away from Journey webhooks.
 """
 
 from __future__ import annotations
@@ -20,18 +21,11 @@ from aiolimiter import AsyncLimiter
 from . import api, dashboard, logs, metrics, openapi, storage, stream
 from .auth import Authenticator
 from .broker import Broker
-from .codec import Job, Webhook, parse_webhook
 from .context import AUTH, BROKER, OUTBOX, POOL, REQUEST_ID, SETTINGS
 from .errors import BadRequest, BrokerUnavailable, RateLimited, Unavailable
-from .httputil import (
-    IN_FLIGHT,
-    THREAD_PARSE_BYTES,
-    InFlight,
-    error_middleware,
-    json_response,
-    read_json,
-)
+from .httputil import IN_FLIGHT, InFlight, error_middleware, json_response, read_body
 from .outbox import Outbox
+from .parsing import ParsePool
 from .settings import Settings
 from .singleflight import Flights
 from .tasks import Periodic, until_up
@@ -111,6 +105,7 @@ class WebhookGuards:
 
 
 GUARDS = web.AppKey("guards", WebhookGuards)
+PARSER = web.AppKey("parser", ParsePool)
 
 
 async def _webhook(request: web.Request, kind: str) -> web.Response:
@@ -120,19 +115,17 @@ async def _webhook(request: web.Request, kind: str) -> web.Response:
     guards = app[GUARDS]
     if kind == "single":
         await guards.rate_limit(app_id)
-    body = await read_json(request)
-    hook: Webhook
-    if (request.content_length or 0) > THREAD_PARSE_BYTES:
-        hook = await asyncio.to_thread(parse_webhook, body)
-    else:
-        hook = parse_webhook(body)
     request_id: str = request[REQUEST_ID]
+    # The request_id doubles as the delivery key of every user in this request: a broker
+    # redelivery of this job can never make a second feed row.
+    hook = await app[PARSER].prepare(await read_body(request), request_id=request_id,
+                                     app_id=app_id, received_at=time.time())
     if hook.is_test:
         log.info("webhook.test_request", endpoint=kind)
         return json_response({"request_id": request_id, "accepted": 0, "rejected": 0,
                               "test": True})
-    if hook.recipients:
-        await guards.templates_exist(app_id, hook.template_keys)
+    if hook.accepted:
+        await guards.templates_exist(app_id, set(hook.template_keys))
     guards.check_depth((kind,) if kind == "single" else ("multi", "chunks"))
 
     idem_key = request.headers.get("Idempotency-Key")
@@ -148,32 +141,24 @@ async def _webhook(request: web.Request, kind: str) -> web.Response:
                 raise Unavailable("a request with this Idempotency-Key is still in progress",
                                   retry_after=1, code="idempotency_in_progress")
             return json_response(previous, headers={"Idempotent-Replayed": "true"})
-    # The request_id doubles as the delivery key of every user in this request: a broker
-    # redelivery of this job can never make a second feed row.
-    job_id = request_id
-    result = {"request_id": job_id, "accepted": len(hook.recipients),
-              "rejected": len(hook.rejected)}
-    if hook.rejected:
-        result["rejections"] = hook.rejected[:20]
-    if hook.recipients:
-        job = Job(request_id=job_id, app_id=app_id, target_id=hook.target_id,
-                  recipients=hook.recipients, received_at=time.time())
-        payload = job.encode() if len(hook.recipients) < 1000 else \
-            await asyncio.to_thread(job.encode)
+    result: dict[str, Any] = {"request_id": request_id, "accepted": hook.accepted,
+                              "rejected": hook.rejected}
+    if hook.rejections:
+        result["rejections"] = hook.rejections
+    if hook.payload is not None:
         try:
-            await app[BROKER].publish(kind, payload, message_id=job_id,
-                                      headers={"request_id": job_id, "app_id": app_id})
+            await app[BROKER].publish(kind, hook.payload, message_id=request_id,
+                                      headers={"request_id": request_id, "app_id": app_id})
         except BrokerUnavailable:
             if idem_key:
                 await storage.finish_idempotency_key(pool, app_id, idem_key, None)
             raise
     if idem_key:
         await storage.finish_idempotency_key(pool, app_id, idem_key, result)
-    metrics.WEBHOOK_RECIPIENTS.labels(endpoint=kind, outcome="accepted").inc(
-        len(hook.recipients))
-    metrics.WEBHOOK_RECIPIENTS.labels(endpoint=kind, outcome="rejected").inc(len(hook.rejected))
+    metrics.WEBHOOK_RECIPIENTS.labels(endpoint=kind, outcome="accepted").inc(hook.accepted)
+    metrics.WEBHOOK_RECIPIENTS.labels(endpoint=kind, outcome="rejected").inc(hook.rejected)
     log.info("webhook.accepted", endpoint=kind, target_id=hook.target_id,
-             accepted=len(hook.recipients), rejected=len(hook.rejected))
+             accepted=hook.accepted, rejected=hook.rejected)
     return json_response(result)
 
 
@@ -236,10 +221,12 @@ def create_app(settings: Settings) -> web.Application:
         app[AUTH] = Authenticator(pool, settings.admin_token)
         app[OUTBOX] = Outbox(pool, broker, settings)
         app[GUARDS] = guards = WebhookGuards(settings, pool, broker)
+        app[PARSER] = parser = ParsePool(settings.parse_processes)
         await guards.refresh_depth()
         refresher = Periodic("queue-depth", guards.refresh_depth, DEPTH_REFRESH_S).start()
         yield
         await refresher.stop()
+        await parser.close()
         await broker.close()
         await pool.close()
 

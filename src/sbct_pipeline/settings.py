@@ -50,6 +50,8 @@ class Settings:
     queue_type: str = "classic"
     dedupe_window_s: float = 600.0
     max_body_bytes: int = 64 * 1024 * 1024
+    # Helper processes of each ingress that parse large webhook bodies (0: a thread).
+    parse_processes: int = 1
     chunk_size: int = 500
     publish_timeout_s: float = 2.0
     max_queue_depth: int = 20_000
@@ -185,6 +187,8 @@ def _validate(s: Settings) -> list[str]:
          "amqp_prefix", s.amqp_prefix, "letters, digits, '.', '_' and '-' only")
     need(s.dedupe_window_s >= 0, "dedupe_window_s", s.dedupe_window_s, "must be >= 0")
     need(s.max_body_bytes >= 1024, "max_body_bytes", s.max_body_bytes, "must be >= 1024")
+    need(0 <= s.parse_processes <= 64, "parse_processes", s.parse_processes,
+         "expected 0-64 (0: parse large bodies in a thread of the ingress)")
     need(1 <= s.chunk_size <= 10_000, "chunk_size", s.chunk_size, "expected 1-10000")
     need(s.publish_timeout_s > 0, "publish_timeout_s", s.publish_timeout_s, "must be > 0")
     need(s.max_queue_depth > 0, "max_queue_depth", s.max_queue_depth, "must be > 0")
