@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -51,6 +52,10 @@ _BROKER_ERRORS: tuple[type[BaseException], ...] = (
     aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError, ConnectionError, OSError,
     asyncio.TimeoutError, RuntimeError,
 )
+# How long, and for how many messages, a consumer remembers messages it handled but could
+# not ack (the connection dropped): their redeliveries are acked without running again.
+ACK_LOST_TTL_S = 3600.0
+ACK_LOST_MAX = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +148,8 @@ class Broker:
         try:
             async with asyncio.timeout(15):
                 self._pub_conn = await aio_pika.connect_robust(
-                    self.settings.amqp_url, client_properties={"connection_name": "sbct-pub"})
+                    self.settings.amqp_url, client_properties={"connection_name": "sbct-pub"},
+                    reconnect_interval=self.settings.amqp_reconnect_s)
                 self._pub_channel = await self._pub_conn.channel(
                     publisher_confirms=True, on_return_raises=True)
                 await declare_topology(self._pub_channel, self.settings)
@@ -152,7 +158,8 @@ class Broker:
                 self._exchanges[""] = self._pub_channel.default_exchange
                 if consume:
                     self._con_conn = await aio_pika.connect_robust(
-                        self.settings.amqp_url, client_properties={"connection_name": "sbct-con"})
+                        self.settings.amqp_url, client_properties={"connection_name": "sbct-con"},
+                        reconnect_interval=self.settings.amqp_reconnect_s)
         except _BROKER_ERRORS as exc:
             await self.close()
             raise BrokerUnavailable(
@@ -285,6 +292,14 @@ class Consumer:
     that does not count as an attempt (an outage must not dead-letter good messages);
     :class:`PermanentFailure` -> dead-lettered with the reason. Only then is the original
     acked, so an effect is never lost between the two.
+
+    When the connection drops between a handler's success and its ack, RabbitMQ redelivers
+    the message after the reconnect. The consumer knows the messages it is handling and
+    remembers those it handled but could not ack (a digest of body, message id and attempt,
+    for ``ACK_LOST_TTL_S``): a redelivery of one of them waits for the first copy's outcome
+    and, if that was handled, is acked without running again. Its effects are already
+    durable, and for the callback consumer a second run would send the same events to
+    CleverTap twice. A crash forgets this (the rare duplicates the contract allows).
     """
 
     def __init__(self, broker: Broker, kind: str, handler: Handler, *, prefetch: int,
@@ -298,12 +313,20 @@ class Consumer:
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._ack_lost: dict[bytes, float] = {}  # digest -> forget after (monotonic)
+        self._running: dict[bytes, asyncio.Future[bool]] = {}  # digest -> handled?
 
     async def start(self) -> None:
         self._channel = await self.broker.consume_connection.channel()
         await self._channel.set_qos(prefetch_count=self.prefetch)
-        self._queue = await self._channel.get_queue(self.broker.names.queue(self.kind),
-                                                    ensure=False)
+        # The consumer must come back after RabbitMQ restarts: a robust channel restores
+        # only the exchanges, queues and consumers declared on it (``get_queue(ensure=False)``
+        # registers nothing, and the process would sit connected and idle for good). So the
+        # topology is declared on this channel too (a fresh broker gets it back on
+        # reconnect), and the queue taken from it is the registered one.
+        await declare_topology(self._channel, self.broker.settings)
+        self._queue = await self._channel.declare_queue(self.broker.names.queue(self.kind),
+                                                        passive=True)
         self._tag = await self._queue.consume(self._on_message)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -312,20 +335,44 @@ class Consumer:
         task.add_done_callback(self._tasks.discard)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
+        key = _digest(message)
+        if message.redelivered and await self._handled_before(key):
+            metrics.REDELIVERIES_SKIPPED.labels(queue=self.kind).inc()
+            log.info("consumer.redelivery_skipped", queue=self.kind)
+            await self._ack_done(message, key)
+            return
+        handled = asyncio.get_running_loop().create_future()
+        self._running.setdefault(key, handled)
+        try:
+            await self._handle(message, key)
+        finally:
+            if self._running.get(key) is handled:
+                del self._running[key]
+            if not handled.done():
+                handled.set_result(False)
+
+    async def _handled_before(self, key: bytes) -> bool:
+        """Whether this consumer handled (or is handling, and then did) this message."""
+        running = self._running.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        return self._ack_lost.pop(key, None) is not None
+
+    async def _handle(self, message: AbstractIncomingMessage, key: bytes) -> None:
         attempt = attempts_of(message) + 1
         try:
             await self.handler(message)
         except PermanentFailure as exc:
-            await self._settle(message, dead=str(exc))
+            await self._settle(message, key, dead=str(exc))
         except Unavailable as exc:
             log.warning("consumer.dependency_down", queue=self.kind, error=str(exc))
-            await self._settle(message, retry_attempt=attempt - 1, delay=5)
+            await self._settle(message, key, retry_attempt=attempt - 1, delay=5)
         except RetryLater as exc:
             counted = attempt if exc.counts_as_attempt else attempt - 1
             if counted >= self.broker.settings.max_attempts:
-                await self._settle(message, dead=f"gave up after {counted} attempts: {exc}")
+                await self._settle(message, key, dead=f"gave up after {counted} attempts: {exc}")
             else:
-                await self._settle(message, retry_attempt=counted, delay=exc.delay)
+                await self._settle(message, key, retry_attempt=counted, delay=exc.delay)
         except asyncio.CancelledError:
             # Shutdown mid-message: give it back to the queue untouched.
             await _quietly(message.nack(requeue=True))
@@ -333,13 +380,28 @@ class Consumer:
         except Exception as exc:
             log.exception("consumer.handler_failed", queue=self.kind, attempt=attempt)
             if attempt >= self.broker.settings.max_attempts:
-                await self._settle(message, dead=f"failed {attempt} times: {exc!r}")
+                await self._settle(message, key, dead=f"failed {attempt} times: {exc!r}")
             else:
-                await self._settle(message, retry_attempt=attempt)
+                await self._settle(message, key, retry_attempt=attempt)
         else:
-            await _quietly(message.ack())
+            await self._ack_done(message, key)
 
-    async def _settle(self, message: AbstractIncomingMessage, *, dead: str | None = None,
+    async def _ack_done(self, message: AbstractIncomingMessage, key: bytes) -> None:
+        """Ack a handled message; if the ack is lost, remember it for its redelivery."""
+        running = self._running.get(key)
+        if running is not None and not running.done():
+            running.set_result(True)
+        if await _quietly(message.ack()):
+            return
+        now = time.monotonic()
+        if len(self._ack_lost) >= ACK_LOST_MAX:
+            self._ack_lost = {k: t for k, t in self._ack_lost.items() if t > now}
+            while len(self._ack_lost) >= ACK_LOST_MAX:  # still full: forget the oldest
+                del self._ack_lost[next(iter(self._ack_lost))]
+        self._ack_lost[key] = now + ACK_LOST_TTL_S
+
+    async def _settle(self, message: AbstractIncomingMessage, key: bytes, *,
+                      dead: str | None = None,
                       retry_attempt: int = 0, delay: float | None = None) -> None:
         headers = dict(message.headers or {})
         try:
@@ -358,7 +420,9 @@ class Consumer:
             # Could not park it elsewhere: leave it on its own queue for another try.
             await _quietly(message.nack(requeue=True))
             return
-        await _quietly(message.ack())
+        # Parked in a delay or dead-letter queue: the redelivery of the original, should
+        # this ack be lost, must not run again beside that copy.
+        await self._ack_done(message, key)
 
     async def stop(self, drain_timeout: float) -> None:
         """Stop taking messages, let in-flight ones finish up to ``drain_timeout``."""
@@ -377,10 +441,19 @@ class Consumer:
                 await self._channel.close()
 
 
-async def _quietly(aw: Awaitable[Any]) -> None:
+def _digest(message: AbstractIncomingMessage) -> bytes:
+    """Names one message: a retried copy (``x-attempts`` + 1) is another message."""
+    h = hashlib.blake2b(message.body, digest_size=16)
+    h.update(f"\0{message.message_id}\0{attempts_of(message)}".encode())
+    return h.digest()
+
+
+async def _quietly(aw: Awaitable[Any]) -> bool:
     # An ack on a channel that died is moot: the broker redelivers, and handlers are
-    # idempotent.
+    # idempotent. Returns whether it went through.
     try:
         await aw
     except _BROKER_ERRORS as exc:
         log.warning("consumer.settle_failed", error=repr(exc))
+        return False
+    return True

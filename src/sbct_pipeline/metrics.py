@@ -33,6 +33,10 @@ BATCH_SECONDS = Histogram("sbct_delivery_batch_seconds", "Time to deliver one ba
                           ["queue"], registry=REGISTRY)
 RETRIES = Counter("sbct_retries_total", "Messages sent to a delay queue", ["queue"],
                   registry=REGISTRY)
+REDELIVERIES_SKIPPED = Counter(
+    "sbct_redeliveries_skipped_total",
+    "Redelivered messages acked without running again: handled before, ack lost with the "
+    "connection", ["queue"], registry=REGISTRY)
 DEAD_LETTERS = Counter("sbct_dead_letters_total", "Messages or records dead-lettered",
                        ["queue"], registry=REGISTRY)
 EVENTS_EXPORTED = Counter("sbct_events_exported_total", "Event records by export outcome",

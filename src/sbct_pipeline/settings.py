@@ -54,6 +54,8 @@ class Settings:
     parse_processes: int = 1
     chunk_size: int = 500
     publish_timeout_s: float = 2.0
+    # Seconds between attempts to reconnect to RabbitMQ after a connection was lost.
+    amqp_reconnect_s: float = 1.0
     max_queue_depth: int = 20_000
     worker_prefetch: int = 4
     # Which job queues a worker process consumes: "single" (Journeys), "multi" (Campaigns:
@@ -191,6 +193,7 @@ def _validate(s: Settings) -> list[str]:
          "expected 0-64 (0: parse large bodies in a thread of the ingress)")
     need(1 <= s.chunk_size <= 10_000, "chunk_size", s.chunk_size, "expected 1-10000")
     need(s.publish_timeout_s > 0, "publish_timeout_s", s.publish_timeout_s, "must be > 0")
+    need(s.amqp_reconnect_s > 0, "amqp_reconnect_s", s.amqp_reconnect_s, "must be > 0")
     need(s.max_queue_depth > 0, "max_queue_depth", s.max_queue_depth, "must be > 0")
     need(s.worker_prefetch >= 1, "worker_prefetch", s.worker_prefetch, "must be >= 1")
     queues = [q.strip() for q in s.worker_queues.split(",") if q.strip()]
