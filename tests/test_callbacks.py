@@ -177,6 +177,16 @@ def test_interpret_cannot_lose_records_it_cannot_identify() -> None:
     assert interpret(200, {"status": "success", "processed": 3}, recs, None).accepted == [0, 1, 2]
 
 
+def test_interpret_odd_record_codes_are_transient_not_a_crash() -> None:
+    """A code that is not ASCII digits ('\u00b2' passes str.isdigit, not int) means retry."""
+    recs = [_rec(0), _rec(1)]
+    body = {"status": "success", "processed": 0, "unprocessed": [
+        {"code": "\u00b2", "error": "x", "record": recs[0]},
+        {"code": "\u0665\u0660\u0669", "error": "x", "record": recs[1]},  # Arabic-Indic 509
+    ]}
+    assert interpret(200, body, recs, None).retry == [0, 1]
+
+
 def test_retry_schedule_doubles_with_jitter_and_honours_retry_after() -> None:
     """Delays double per attempt (equal jitter) up to hourly; Retry-After is a floor."""
     low = [retry_delay("events", a, rand=lambda lo, hi: lo)[1] for a in range(1, 16)]

@@ -62,11 +62,23 @@ def test_clevertap_test_request_is_recognised() -> None:
     assert hook.is_test and not hook.recipients
 
 
+@pytest.mark.parametrize(("raw", "expected"), [
+    (1700000001, 1700000001), ("1700000001", 1700000001), (" -42 ", -42), (7.0, 7)])
+def test_target_id_integer_or_numeric_string(raw: Any, expected: int) -> None:
+    hook = parse_webhook({"targetId": raw, "key_values": _kv(), "profiles": [{"identity": "u"}]})
+    assert hook.target_id == expected
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ([], "body"),
     ({"profiles": []}, "targetId"),
     ({"targetId": "abc", "profiles": []}, "targetId"),
     ({"targetId": True, "profiles": []}, "targetId"),
+    # str.isdigit() takes these, int() does not (or reads other scripts' digits): were 500s
+    # (found by the hypothesis pass in tests/reliability/test_bad_input.py).
+    ({"targetId": "\u00b2", "profiles": []}, "targetId"),
+    ({"targetId": "--5", "profiles": []}, "targetId"),
+    ({"targetId": "\u0661\u0662", "profiles": []}, "targetId"),
     ({"targetId": 1}, "profiles"),
     ({"targetId": 1, "profiles": "x"}, "profiles"),
     ({"targetId": 1, "profiles": [{"identity": "u"}]}, "template_key"),

@@ -141,7 +141,8 @@ def _interpret_200(body: dict[str, Any], records: Sequence[dict[str, Any]],
             unmatched += 1
             continue
         code = entry.get("code")
-        code = int(code) if isinstance(code, int | str) and str(code).isdigit() else 0
+        code = int(code) if isinstance(code, int | str) and str(code).isascii() \
+            and str(code).isdigit() else 0
         failed[idxs.pop(0)] = (code, str(entry.get("error", "unprocessed")))
     ambiguous = False
     if unmatched:

@@ -8,6 +8,7 @@ entries. Every schema error raises :class:`BadRequest` naming the field's path.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,13 +79,18 @@ def _as_str(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+_ASCII_INT = re.compile(r"-?[0-9]+")
+
+
 def parse_target_id(value: Any) -> int:
     if isinstance(value, bool) or value is None:
         raise BadRequest("targetId is required: the campaign or journey ID, an integer",
                          code="invalid_target_id")
     if isinstance(value, int):
         target = value
-    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    elif isinstance(value, str) and _ASCII_INT.fullmatch(value.strip()):
+        # ASCII digits only: str.isdigit() also takes '²' (int() refuses it: a 500) and
+        # int() takes other scripts' digits, which CleverTap never sends.
         target = int(value.strip())
     elif isinstance(value, float) and value.is_integer():
         target = int(value)
