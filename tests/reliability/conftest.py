@@ -118,6 +118,18 @@ class Stack:
         await wait_http(self.url + "/healthz", p)
         return p
 
+    async def start_consumer(self, name: str, *args: str, **extra_env: str) -> Proc:
+        """A ``worker`` or ``callbacks`` process, returned once it holds its connections.
+
+        These processes refuse to start without PostgreSQL and RabbitMQ (they exit naming
+        the one that does not answer); a scenario that stops one must wait for this, or a
+        slow start on a busy machine meets the outage and the process is simply gone.
+        """
+        port = free_port()
+        p = self.spawn(name, *args, SBCT_METRICS_PORT=str(port), **extra_env)
+        await wait_http(f"http://127.0.0.1:{port}/healthz", p)
+        return p
+
     def migrate(self) -> None:
         out = subprocess.run([sys.executable, "-m", "sbct_pipeline.cli", "migrate"],
                              env=self.env(), capture_output=True, timeout=60)

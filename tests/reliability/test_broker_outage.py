@@ -130,8 +130,9 @@ async def run_broker_outage(stack: Stack, client: Api, node: PrivateRabbit, repo
                             *, before_s: float, down_s: float, after_s: float) -> None:
     await stack.start_sim()
     ingress = await stack.start_ingress()
-    callbacks = stack.spawn("callbacks", "callbacks")
-    worker = stack.spawn("worker", "worker")
+    # Up before the outage: a process still starting when RabbitMQ stops exits at once.
+    callbacks = await stack.start_consumer("callbacks", "callbacks")
+    worker = await stack.start_consumer("worker", "worker")
     app = await stack.setup_app(client)
     load = Load(client, app["api_token"], target_id=1700001000)
     runner = asyncio.create_task(load.run())

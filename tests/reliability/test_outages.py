@@ -70,8 +70,9 @@ async def run_pg_outage(stack: Stack, client: Api, pg: PrivatePostgres, report: 
                         users: int, down_s: float) -> None:
     await stack.start_sim()
     await stack.start_ingress()
-    stack.spawn("callbacks", "callbacks")
-    stack.spawn("worker", "worker")
+    # Up before the outage: a process still starting when PostgreSQL stops exits at once.
+    await stack.start_consumer("callbacks", "callbacks")
+    await stack.start_consumer("worker", "worker")
     app = await stack.setup_app(client)
     tok, app_id = app["api_token"], app["app_id"]
     accepted = 0
