@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,33 @@ async def users_with_rows(database_url: str, app_id: str) -> dict[str, int]:
     finally:
         await conn.close()
     return {r["user_id"]: int(r["n"]) for r in rows}
+
+
+async def sent_users(stack: Stack) -> Counter[str]:
+    """SENT events per user at the simulator (objectId ``__g<user>``, as ``webhook`` makes)."""
+    async with aiohttp.ClientSession() as s, s.get(
+            stack.sim_url + "/_sim/events?status=SENT") as r:
+        assert r.status == 200, await r.text()
+        data = orjson.loads(await r.read())
+    return Counter(e["objectId"][3:] for e in data["events"])
+
+
+async def wait_users(stack: Stack, app_id: str, users: set[str], timeout: float,
+                     settle: float = 2.0) -> tuple[dict[str, int], Counter[str]]:
+    """Wait until each of ``users`` has a feed row and a SENT event; (rows, SENT) per user.
+
+    By set, not by count: users the test did not count as accepted (a 503 whose message the
+    broker had kept) may be delivered too, and must not hide a missing one.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = await users_with_rows(stack.settings.database_url, app_id)
+        sent = await sent_users(stack)
+        if not (users - rows.keys()) and not (users - sent.keys()):
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(settle)  # a late duplicate (outbox sweep, redelivery) shows up now
+    return await users_with_rows(stack.settings.database_url, app_id), await sent_users(stack)
 
 
 # ---------------------------------------------------------------- private RabbitMQ
