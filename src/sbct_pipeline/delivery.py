@@ -141,7 +141,8 @@ class Deliverer:
         elapsed = time.perf_counter() - t0
         metrics.BATCH_SECONDS.labels(queue=queue).observe(elapsed)
         log.info("delivery.batch_done", queue=queue, target_id=job.target_id, chunk=job.chunk,
-                 users=len(job.recipients), ms=round(elapsed * 1000, 2), **counts)
+                 users=len(job.recipients), ms=round(elapsed * 1000, 2), exact=done.exact,
+                 **counts)
         if failures:
             log.warning("delivery.failures", target_id=job.target_id,
                         sample=[f"{u}: {why}" for u, _, why in failures[:3]])
