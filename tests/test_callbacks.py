@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -9,6 +10,7 @@ import asyncpg
 import orjson
 from aiohttp import web
 
+from sbct_pipeline import metrics
 from sbct_pipeline.broker import Broker, retry_delay
 from sbct_pipeline.callbacks import Exporter, interpret, retry_after_seconds
 from sbct_pipeline.codec import Event, encode_events
@@ -76,6 +78,36 @@ async def test_events_are_batched_to_clevertap(
     assert sim.answers[200] <= 5
     assert sim.events[0]["evtData"] == {"status": "SENT", "target_id": 42}
     assert sim.events[0]["type"] == "event" and sim.events[0]["evtName"] == "Camp"
+
+
+async def test_an_outbox_row_published_twice_is_exported_once(
+        ingress: Api, exporter: Any, broker: Broker, sim: Simulator) -> None:
+    """The sweeper's second publish of an exported outbox row is acked, not sent again.
+
+    It happens when the row could not be deleted after its first publish (the confirm lost
+    with a RabbitMQ restart, PostgreSQL down, the worker killed): make reliability saw 500 to
+    1,000 duplicate SENT events per such fault before.
+    """
+    app = await ingress.new_app(sim)
+    now = int(time.time())
+    payload = encode_events([Event(app["app_id"], i, "SENT", "Camp", 42, now, f"obj-{i}", None)
+                             for i in range(50)])
+    skipped = metrics.REGISTRY.get_sample_value("sbct_outbox_duplicates_skipped_total") or 0
+    await broker.publish("events", payload, message_id="outbox-7")
+    await eventually(lambda: _accepted(sim, 50))
+    await broker.publish("events", payload, message_id="outbox-7")  # the sweeper's copy
+    await eventually(lambda: _true(metrics.REGISTRY.get_sample_value(
+        "sbct_outbox_duplicates_skipped_total") == skipped + 1))
+    # Another outbox row is exported even with the same content: the id decides.
+    await broker.publish("events", payload, message_id="outbox-8")
+    await eventually(lambda: _true(len(sim.events) >= 100))
+    await asyncio.sleep(0.5)
+    assert len(sim.events) == 100, sim.stats()
+    assert await broker.queue_depth("events") == 0
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_one_process_keeps_to_15_requests_in_flight_per_account(

@@ -57,6 +57,9 @@ log = logs.get(__name__)
 PERMANENT_CODES = frozenset({509, 512, 513, 522, 523, 524, 525, 526, 528})
 # Longest pause between two attempts to make a message's leftovers durable.
 FINISH_BACKOFF_MAX_S = 5.0
+# Outbox message ids (``outbox-<row id>``) of messages this process has exported, newest
+# last: a second publish of the same outbox row is not exported again (see _on_message).
+EXPORTED_OUTBOX_IDS_MAX = 200_000
 
 
 @dataclass(eq=False)
@@ -213,6 +216,7 @@ class Exporter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiting = 0  # messages received and not yet settled
         self._parked: dict[str, Any] = {}  # app_id -> integration.updated_at when parked
+        self._exported_outbox: dict[str, None] = {}  # insertion-ordered: oldest first
         # Export lag: messages held per app, and records sent to a delay queue
         # (app_id -> (oldest ts, when they are due back)).
         self._held: dict[str, set[Pending]] = defaultdict(set)
@@ -253,6 +257,17 @@ class Exporter:
     # ------------------------------------------------------------ intake
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # Only the outbox publishes with an ``outbox-<id>`` message id, and every publish of
+        # one row carries the same events. A second one comes when the first publish reached
+        # RabbitMQ but the row could not be deleted after it (the confirm lost with the
+        # connection, PostgreSQL down, the worker killed): the sweeper publishes it again.
+        # If this process has exported the first, the second would only duplicate it at
+        # CleverTap. (Retries, parked and replayed events are published without this id.)
+        outbox_id = message.message_id
+        if outbox_id and outbox_id.startswith("outbox-") and outbox_id in self._exported_outbox:
+            metrics.OUTBOX_DUPLICATES_SKIPPED.inc()
+            log.info("callbacks.outbox_duplicate_skipped", message_id=outbox_id)
+            return
         events = decode_events(message.body)
         if not events:
             return
@@ -278,6 +293,10 @@ class Exporter:
                     self._flush(app_id, force=True)
             await pending.done
             await self._finish_durably(pending)
+            if outbox_id and outbox_id.startswith("outbox-"):
+                if len(self._exported_outbox) >= EXPORTED_OUTBOX_IDS_MAX:
+                    del self._exported_outbox[next(iter(self._exported_outbox))]
+                self._exported_outbox[outbox_id] = None
         finally:
             self._waiting -= 1
             for app_id in apps:

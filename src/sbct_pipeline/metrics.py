@@ -48,6 +48,10 @@ EXPORT_LAG = Gauge("sbct_export_lag_seconds", "Age of the oldest event not yet e
                    ["app_id"], registry=REGISTRY)
 EXPORT_SECONDS = Histogram("sbct_export_request_seconds", "CleverTap upload request latency",
                            registry=REGISTRY)
+OUTBOX_DUPLICATES_SKIPPED = Counter(
+    "sbct_outbox_duplicates_skipped_total",
+    "Events messages not exported: the same outbox row was exported before by this process",
+    registry=REGISTRY)
 OUTBOX_REPUBLISHED = Counter("sbct_outbox_republished_total",
                              "Outbox rows republished by the sweeper", registry=REGISTRY)
 EXPORT_RETRIES = Counter("sbct_export_retries_total",
