@@ -124,9 +124,11 @@ async def test_redelivery_of_a_handled_message_whose_ack_was_lost_is_not_run_aga
     has arrived (the redelivery waits for the first run's outcome).
     """
     u = urlsplit(AMQP)
+    # 1 s between reconnect attempts: long enough to see the connection down on a busy
+    # machine (at 0.2 s the window was missed once).
     via_proxy = settings.with_overrides(
         amqp_url=f"amqp://{u.username}:{u.password}@127.0.0.1:{proxy.port}/",
-        amqp_reconnect_s=0.2)
+        amqp_reconnect_s=1.0)
     broker = Broker(via_proxy)
     await broker.connect(consume=True)
     runs: list[tuple[bytes, bool]] = []
