@@ -107,7 +107,9 @@ async def test_consumer_and_publisher_resume_after_connection_loss(
         await eventually(publish_after, timeout=10, interval=0.2)
         # Without the restored consumer the message stays in the queue for good.
         await eventually(lambda: _true(b"after" in got), timeout=10)
-        assert got.count(b"before") == 1 and got.count(b"after") == 1, got
+        # "before" may run twice: an ack written just before the cut can be lost in transit,
+        # which the client cannot know (handlers are idempotent for this reason).
+        assert got.count(b"after") == 1 and 1 <= got.count(b"before") <= 2, got
     finally:
         await consumer.stop(1)
         await broker.close()
