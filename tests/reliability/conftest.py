@@ -396,6 +396,22 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         pg.destroy()
 
 
+@pytest.fixture
+def pg_stack(private_postgres: PrivatePostgres, settings: Settings,
+             tmp_path: Path) -> Iterator[Stack]:
+    """A stack of pipeline processes on the private PostgreSQL cluster, migrated."""
+    st = Stack(settings.with_overrides(database_url=private_postgres.url), tmp_path)
+    st.migrate()
+    yield st
+    st.stop_all()
+
+
+@pytest.fixture
+async def pg_client(pg_stack: Stack) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(pg_stack.url, session)
+
+
 # ---------------------------------------------------------------- figures
 
 REPORT_COLUMNS = ("scenario", "load", "faults", "accepted", "delivered", "exported", "lost",

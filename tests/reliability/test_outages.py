@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
-
-from sbct_pipeline.settings import Settings
 
 from ..conftest import Api, webhook
 from .conftest import (
@@ -50,21 +45,6 @@ async def wait_complete(stack: Stack, app_id: str, expected: int, timeout: float
 
 
 # ---------------------------------------------------------------- PostgreSQL
-
-@pytest.fixture
-def pg_stack(private_postgres: PrivatePostgres, settings: Settings,
-             tmp_path: Path) -> Iterator[Stack]:
-    st = Stack(settings.with_overrides(database_url=private_postgres.url), tmp_path)
-    st.migrate()
-    yield st
-    st.stop_all()
-
-
-@pytest.fixture
-async def pg_client(pg_stack: Stack) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession() as session:
-        yield Api(pg_stack.url, session)
-
 
 async def run_pg_outage(stack: Stack, client: Api, pg: PrivatePostgres, report: Report, *,
                         users: int, down_s: float) -> None:

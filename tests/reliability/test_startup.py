@@ -11,34 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
-import aiohttp
 import pytest
-
-from sbct_pipeline.settings import Settings
 
 from ..conftest import Api, webhook
 from .conftest import PrivatePostgres, Stack
 from .test_outages import wait_complete
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def pg_stack(private_postgres: PrivatePostgres, settings: Settings,
-             tmp_path: Path) -> Iterator[Stack]:
-    st = Stack(settings.with_overrides(database_url=private_postgres.url), tmp_path)
-    st.migrate()
-    yield st
-    st.stop_all()
-
-
-@pytest.fixture
-async def pg_client(pg_stack: Stack) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession() as session:
-        yield Api(pg_stack.url, session)
 
 
 @pytest.mark.timeout(180)
