@@ -367,7 +367,9 @@ async def stream_notifications(request: web.Request) -> web.StreamResponse:
                     if sub.overflowed:
                         await resp.write(b": too slow; reconnect and list the feed\n\n")
                     break
-                if item["id"] not in sent:
+                # A NOTIFY can reach the hub after this subscription although its rows were
+                # committed before the client's Last-Event-ID: the client has those.
+                if item["id"] not in sent and (last_id is None or item["id"] > last_id):
                     await resp.write(sse_event(item))
         except (ConnectionResetError, ConnectionError):
             pass  # the client went away; leaving the block unsubscribes it
