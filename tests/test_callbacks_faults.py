@@ -133,18 +133,21 @@ async def test_partial_failures_retry_transient_and_dead_letter_permanent(
     assert _counter(metrics.EXPORT_DEAD_LETTERS, app) == dead
 
 
+@pytest.mark.timeout(240)
 async def test_slow_answers_and_timeouts_lose_nothing_and_duplicate_little(
         settings: Settings, pool: asyncpg.Pool, ingress: Api, broker: Broker,
         sim: Simulator) -> None:
     """Slow answers past the request timeout are retried: all arrive, few duplicates."""
     app = (await ingress.new_app(sim))["app_id"]
     # A third of the answers take 1.5 s against a 1 s timeout: the simulator processes
-    # them after we gave up (as a slow CleverTap may), so duplicates are expected.
+    # them after we gave up (as a slow CleverTap may), so duplicates are expected. Retry
+    # delays double from 1 s, so a record that times out several times in a row waits
+    # tens of seconds: the wait is generous (it once passed 90 s on a loaded machine).
     sim.faults.update({"slow_ms": 1500, "slow_rate": 0.33})
     s = settings.with_overrides(callback_timeout_s=1.0)
     await _publish(broker, app, 3000, 100)
     async with _exporter(s, pool):
-        await eventually(lambda: _all_arrived(sim, 3000), timeout=90, interval=0.2)
+        await eventually(lambda: _all_arrived(sim, 3000), timeout=150, interval=0.2)
         sim.faults.update({"slow_ms": 0, "slow_rate": 0})
     stats = _report("slow-timeouts", sim, 3000)
     # Only records of timed-out requests can be duplicated, each once per timeout.
