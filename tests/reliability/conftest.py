@@ -412,6 +412,21 @@ async def pg_client(pg_stack: Stack) -> AsyncIterator[Api]:
         yield Api(pg_stack.url, session)
 
 
+@pytest.fixture
+def rmq_stack(private_rabbit: PrivateRabbit, settings: Settings,
+              tmp_path: Path) -> Iterator[Stack]:
+    """A stack of pipeline processes on the private RabbitMQ node."""
+    st = Stack(settings.with_overrides(amqp_url=private_rabbit.url), tmp_path)
+    yield st
+    st.stop_all()
+
+
+@pytest.fixture
+async def rmq_client(rmq_stack: Stack) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(rmq_stack.url, session)
+
+
 # ---------------------------------------------------------------- figures
 
 REPORT_COLUMNS = ("scenario", "load", "faults", "accepted", "delivered", "exported", "lost",

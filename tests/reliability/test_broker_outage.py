@@ -18,14 +18,10 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import aiohttp
 import pytest
-
-from sbct_pipeline.settings import Settings
 
 from ..conftest import Api, webhook
 from .conftest import PrivateRabbit, Report, Stack, wait_users
@@ -92,20 +88,6 @@ class Load:
 
     async def run(self) -> None:
         await asyncio.gather(*(self._client(c) for c in range(CLIENTS)))
-
-
-@pytest.fixture
-def rmq_stack(private_rabbit: PrivateRabbit, settings: Settings,
-              tmp_path: Path) -> Iterator[Stack]:
-    st = Stack(settings.with_overrides(amqp_url=private_rabbit.url), tmp_path)
-    yield st
-    st.stop_all()
-
-
-@pytest.fixture
-async def rmq_client(rmq_stack: Stack) -> AsyncIterator[Api]:
-    async with aiohttp.ClientSession() as session:
-        yield Api(rmq_stack.url, session)
 
 
 async def _status(url: str) -> int:
