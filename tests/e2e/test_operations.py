@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from sbct_pipeline.settings import Settings
 from sbct_pipeline.sim import Simulator
 
 from ..conftest import Api, eventually, free_port, webhook
+from .test_single_flow import _wait_http
 
 pytestmark = pytest.mark.e2e
 
@@ -51,19 +51,7 @@ class Proc:
         return self.log.read_text(errors="replace")[-4000:]
 
     async def wait_http(self, url: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                if self.popen.poll() is not None:
-                    raise AssertionError(f"process exited: {self.tail()}")
-                try:
-                    async with s.get(url) as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{url} did not answer within {timeout}s: {self.tail()}")
+        await _wait_http(url, self.popen, self.log, timeout)
 
     async def terminate(self, timeout: float) -> int:
         """SIGTERM, then wait up to ``timeout`` s for the exit code (killed past it)."""
